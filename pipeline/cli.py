@@ -1,0 +1,208 @@
+"""The LightningCLI shared by ``pipeline.fit``, ``pipeline.evaluate`` and the task tools (predict, sample, translate).
+
+On top of LightningCLI it adds: one directory per run (``runs/<experiment>/<run id>``), ``--ckpt_path last``,
+W&B tracking that falls back to offline, atomic checkpoints, the exact-resume callback, network sizes filled in from
+the data (``vocab_size``, ``num_classes``, ...), and one-sentence errors instead of tracebacks for user mistakes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.utilities import rank_zero_only
+
+from pipeline import tracking
+from pipeline.data.faults import DataError, worker_error_message
+from pipeline.data.module import StreamDataModule
+from pipeline.tasks.base import NonFiniteError
+from pipeline.training import rundir
+from pipeline.training.checkpoint_io import AtomicCheckpointIO
+from pipeline.training.resume import ResumeState
+
+#: Network arguments the CLI fills from the DataModule attribute of the same name, when the network has them.
+LINKED = ("vocab_size", "num_classes", "src_vocab_size", "tgt_vocab_size", "feature_size", "frame_channels")
+CKPT_ENV = "PIPELINE_CKPT"
+
+
+def say(message: str) -> None:
+    """A line for the user, from rank 0 only, on stderr (stdout is for results)."""
+    if rank_zero_only.rank == 0:
+        print(f"[pipeline] {message}", file=sys.stderr, flush=True)
+
+
+class PipelineCLI(LightningCLI):
+    """``python -m pipeline.fit --config configs/<task>/<name>.yaml [--trainer.max_epochs 3] [--ckpt_path last]``."""
+
+    def __init__(self, args: list[str] | None = None, mode: str = "fit") -> None:
+        self.mode = mode
+        self.run_dir: Path | None = None
+        self.resume_from: Path | None = None
+        super().__init__(
+            model_class=pl.LightningModule,
+            datamodule_class=StreamDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=None,  # we write <run>/config.yaml ourselves, once, on rank 0
+            seed_everything_default=0,
+            run=False,
+            args=args,
+            parser_kwargs={"description": __doc__.splitlines()[0], "default_env": False},
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for name in LINKED:
+            parser.link_arguments(
+                "data",
+                f"model.init_args.network.init_args.{name}",
+                compute_fn=lambda dm, name=name: getattr(dm, name, None),
+                apply_on="instantiate",
+            )
+        parser.add_argument(
+            "--ckpt_path",
+            type=str | None,
+            default=None,
+            help="Resume from a checkpoint: 'last' = the newest checkpoint of the latest run of this experiment; "
+            "or a .ckpt file. For evaluate/predict: the checkpoint to load.",
+        )
+        parser.add_argument(
+            "--experiment",
+            type=str | None,
+            default=None,
+            help="Experiment name (default: the config file's name); runs go to <runs_dir>/<experiment>/.",
+        )
+        parser.add_argument(
+            "--runs_dir", type=str, default="runs", help="Folder that holds every experiment's runs."
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1})
+
+    # --- run directory, logger, checkpoints -------------------------------------------------------------------
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config
+        if self.mode != "fit":
+            cfg.trainer.logger = False
+            cfg.trainer.enable_checkpointing = False
+            return
+        configs = cfg.get("config") or []
+        experiment = cfg.experiment or (Path(str(configs[-1])).stem if configs else "default")
+        cfg.experiment = experiment
+        self.run_dir, self.resume_from = rundir.resolve(cfg.runs_dir, experiment, cfg.ckpt_path)
+        if os.environ.get(CKPT_ENV):  # DDP child: use exactly what rank 0 resolved
+            self.resume_from = Path(os.environ[CKPT_ENV])
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        os.environ[rundir.ENV] = str(self.run_dir.resolve())
+        if self.resume_from:
+            os.environ[CKPT_ENV] = str(self.resume_from)
+        cfg.trainer.default_root_dir = str(self.run_dir)
+        cfg.checkpoint.dirpath = str(self.run_dir / "checkpoints")
+        logger = cfg.trainer.logger
+        if logger is None or logger is True:
+            cfg.trainer.logger = {"class_path": tracking.WANDB_CLASS, "init_args": {}}
+            logger = cfg.trainer.logger
+        for entry in logger if isinstance(logger, list) else [logger]:
+            if not entry or entry is True:
+                continue
+            class_path = entry["class_path"] if isinstance(entry, dict) else entry.class_path
+            init = entry["init_args"] if isinstance(entry, dict) else entry.init_args
+            init = dict(init or {})
+            if class_path.endswith("WandbLogger"):
+                init = tracking.wandb_init_args(self.run_dir, experiment, init)
+            else:
+                init["save_dir"] = str(self.run_dir)
+            if isinstance(entry, dict):
+                entry["init_args"] = init
+            else:
+                entry.init_args = type(entry)(**init) if hasattr(entry, "init_args") else init
+
+    def instantiate_trainer(self, **kwargs) -> pl.Trainer:
+        seed = self.config.get("seed_everything")
+        extra = {"plugins": [AtomicCheckpointIO()]} if self.mode == "fit" else {}
+        trainer = super().instantiate_trainer(**extra, **kwargs)
+        resume = ResumeState(seed=int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else 0)
+        trainer.callbacks.insert(0, resume)
+        if self.mode != "fit":
+            trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
+        return trainer
+
+    # --- the commands -----------------------------------------------------------------------------------------
+    def fit(self) -> None:
+        run_dir = self.run_dir
+        assert run_dir is not None
+        if rank_zero_only.rank == 0:
+            self.parser.save(self.config, run_dir / "config.yaml", skip_none=False, overwrite=True)
+            self.datamodule.save_artifacts(str(run_dir))
+            mode = tracking.wandb_mode()
+            if mode == "offline" and any(
+                isinstance(lg, pl.loggers.WandbLogger) for lg in self.trainer.loggers
+            ):
+                say(
+                    "W&B: no credentials configured, logging offline (set WANDB_API_KEY, or run `wandb login`)."
+                )
+        say(f"run directory: {run_dir}")
+        if self.resume_from:
+            say(f"resuming from {self.resume_from}")
+        elif self.config.ckpt_path == "last":
+            say(
+                f"--ckpt_path last: experiment '{self.config.experiment}' has no checkpoint yet; starting fresh."
+            )
+        self.trainer.fit(
+            self.model, self.datamodule, ckpt_path=str(self.resume_from) if self.resume_from else None
+        )
+        self.report_end()
+
+    def report_end(self) -> None:
+        faults = self.datamodule.fault_counts()
+        if faults:
+            say(
+                "skipped inputs (last epoch, this process): "
+                + ", ".join(f"{k}={v}" for k, v in sorted(faults.items()))
+            )
+        metrics = {
+            k: round(float(v), 5) for k, v in self.trainer.callback_metrics.items() if k.startswith("val")
+        }
+        if metrics:
+            say(f"final validation metrics: {json.dumps(metrics)}")
+        if rank_zero_only.rank == 0 and self.run_dir is not None:
+            hint = tracking.sync_hint(self.run_dir)
+            if hint:
+                say(hint)
+        say(f"run directory: {self.run_dir}")
+
+
+def run_config_for(ckpt_path: str) -> Path:
+    """``<run>/checkpoints/x.ckpt`` -> ``<run>/config.yaml``, with a clear error when it is not there."""
+    cfg = Path(ckpt_path).resolve().parent.parent / "config.yaml"
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file.")
+    if not cfg.is_file():
+        raise FileNotFoundError(
+            f"{cfg} not found: pass the run's config with --config, or a checkpoint inside a run directory."
+        )
+    return cfg
+
+
+def main(fn: Callable[[], None]) -> None:
+    """Run a command; user mistakes end with one sentence on stderr and exit status 2, not a traceback."""
+    logging.basicConfig(level=logging.WARNING, format="[pipeline] %(message)s")
+    try:
+        fn()
+    except DataError as exc:
+        print(f"error: {worker_error_message(exc)}", file=sys.stderr)
+        sys.exit(2)
+    except (NonFiniteError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except ValueError as exc:
+        text = str(exc)
+        if "unknown cell type" in text or text.startswith("set data."):
+            print(f"error: {text}", file=sys.stderr)
+            sys.exit(2)
+        raise

@@ -1,0 +1,115 @@
+"""Text classification data (SST-2 and alike): one text column and one label column per record."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from pipeline.data.faults import FaultCounter
+from pipeline.data.module import StreamDataModule
+from pipeline.data.source import Source
+from pipeline.data.tokenizer import PAD, Tokenizer
+
+
+def pad_batch(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad id lists with PAD: returns tokens (B, T) and lengths (B,)."""
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    tokens = torch.full((len(seqs), int(lengths.max())), PAD, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        tokens[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return tokens, lengths
+
+
+class SentimentData(StreamDataModule):
+    """Sentences with a class label, streamed, tokenized with sentencepiece and length-bucketed.
+
+    Args:
+        train: Training split (local ``path`` under the data root, or a ``hub`` id with ``split``).
+        val: Validation split; ``pipeline.evaluate`` reports on it.
+        text_column: Column that holds the text.
+        label_column: Column that holds the label.
+        labels: The declared classes, as they are written in the label column; their order gives the class index.
+            A record whose label is not one of them is skipped and counted (``bad_label``).
+        tokenizer: Sentencepiece options (trained on the training split, cached).
+        batch_size: Sentences per batch (an upper bound when ``max_tokens`` is set too).
+        max_tokens: Token budget per batch (padded), or null to batch by ``batch_size`` only.
+        buffer_size: Shuffle buffer; batches are length-bucketed inside it. Larger: less padding, slower start.
+        max_length: Longest sequence in tokens.
+        overlength: What to do with a longer one: ``truncate`` (counted as ``truncated``) or ``skip`` (``too_long``).
+        num_workers: DataLoader worker processes per rank (0 reads in the training process).
+        seed: Seed of the shuffle; each epoch reshuffles with ``seed + epoch``.
+    """
+
+    def __init__(
+        self,
+        train: Source,
+        val: Source | None = None,
+        text_column: str = "sentence",
+        label_column: str = "label",
+        labels: list[str] = ["0", "1"],  # noqa: B006  (jsonargparse needs a literal default for --help)
+        tokenizer: Tokenizer = Tokenizer(),  # noqa: B008
+        batch_size: int | None = 64,
+        max_tokens: int | None = None,
+        buffer_size: int = 10_000,
+        max_length: int = 256,
+        overlength: Literal["truncate", "skip"] = "truncate",
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(train, val, tokenizer, batch_size, max_tokens, buffer_size, num_workers, seed)
+        self.text_column, self.label_column = text_column, label_column
+        self.labels = [str(label) for label in labels]
+        self.label_index = {label: i for i, label in enumerate(self.labels)}
+        self.max_length, self.overlength = max_length, overlength
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def columns(self) -> dict[str, str]:
+        return {"data.text_column": self.text_column, "data.label_column": self.label_column}
+
+    def tokenizer_texts(self, record: dict) -> list[str]:
+        return [record[self.text_column]]
+
+    def encode(self, record: dict, faults: FaultCounter) -> tuple[list[int], int] | None:
+        where = record["_where"]
+        text = record[self.text_column]
+        if not text or not text.strip():
+            faults.skip("empty", where)
+            return None
+        label = self.label_index.get(record[self.label_column].strip())
+        if label is None:
+            faults.skip("bad_label", where, f"label {record[self.label_column]!r} not in {self.labels}")
+            return None
+        ids = self.tokenizer.encode(text)
+        if not ids:
+            faults.skip("empty", where)
+            return None
+        if len(ids) > self.max_length:
+            if self.overlength == "skip":
+                faults.skip("too_long", where, f"{len(ids)} > max_length {self.max_length}")
+                return None
+            faults.skip("truncated", where, f"{len(ids)} > max_length {self.max_length}")
+            ids = ids[: self.max_length]
+        return ids, label
+
+    def length(self, example: tuple[list[int], int]) -> int:
+        return len(example[0])
+
+    def collate(self, examples: list[tuple[list[int], int]]) -> dict:
+        tokens, lengths = pad_batch([ids for ids, _ in examples])
+        n_real = int(lengths.sum())
+        return {
+            "tokens": tokens,  # (B, T)
+            "lengths": lengths,  # (B,)
+            "labels": torch.tensor([label for _, label in examples], dtype=torch.long),  # (B,)
+            "n_tokens": n_real,
+            "pad_fraction": 1.0 - n_real / tokens.numel(),
+        }
+
+    def encode_text(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One raw sentence -> tokens (1, T), lengths (1,) for prediction."""
+        ids = self.prepare_tokenizer().encode(text)[: self.max_length] or [PAD]
+        return pad_batch([ids])

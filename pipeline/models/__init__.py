@@ -1,0 +1,1 @@
+"""Plain torch networks (no Lightning): usable and testable outside the trainer."""

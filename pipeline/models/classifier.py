@@ -1,0 +1,65 @@
+"""Many-to-one: a sequence of tokens in, one class out (sentiment)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from pipeline.models.recurrent import Cell, make_rnn, run_packed
+
+
+class SequenceClassifier(nn.Module):
+    """Embedding -> (bi)RNN/LSTM/GRU -> pooling over time -> linear head.
+
+    Args:
+        vocab_size: Number of token ids (linked from the tokenizer by the CLI).
+        num_classes: Number of output classes (linked from the data's labels by the CLI).
+        embedding_dim: Size of the token embeddings.
+        hidden_size: Hidden units per direction and layer.
+        num_layers: Stacked recurrent layers.
+        cell: ``rnn`` (tanh), ``lstm`` or ``gru``.
+        bidirectional: Also read the sentence right to left and concatenate both directions.
+        dropout: Dropout on embeddings, between layers and before the head.
+        pooling: How the per-step outputs become one vector: ``last`` (final state of each direction), ``mean`` or
+            ``max`` over the real (non-pad) steps.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int = 2,
+        embedding_dim: int = 128,
+        hidden_size: int = 256,
+        num_layers: int = 1,
+        cell: Cell = "lstm",
+        bidirectional: bool = True,
+        dropout: float = 0.0,
+        pooling: Literal["last", "mean", "max"] = "max",
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
+        self.rnn = make_rnn(cell, embedding_dim, hidden_size, num_layers, dropout, bidirectional)
+        self.drop = nn.Dropout(dropout)
+        self.pooling = pooling
+        self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), num_classes)
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T), lengths (B,) -> logits (B, C)."""
+        x = self.drop(self.embed(tokens))  # (B, T, E)
+        out, state = run_packed(self.rnn, x, lengths)  # out (B, T, D*H)
+        if self.pooling == "last":
+            h = state[0] if isinstance(state, tuple) else state  # (L*D, B, H)
+            d = 2 if self.rnn.bidirectional else 1
+            pooled = torch.cat(list(h[-d:]), dim=-1)  # last layer, every direction: (B, D*H)
+        else:
+            mask = torch.arange(tokens.size(1), device=tokens.device)[None, :] < lengths[:, None].to(
+                tokens.device
+            )
+            mask = mask.unsqueeze(-1)  # (B, T, 1)
+            if self.pooling == "mean":
+                pooled = (out * mask).sum(1) / mask.sum(1).clamp(min=1)
+            else:
+                pooled = out.masked_fill(~mask, float("-inf")).max(1).values
+        return self.head(self.drop(pooled))

@@ -1,0 +1,1 @@
+"""LightningModules, one per task; each receives a plain torch network."""

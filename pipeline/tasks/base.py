@@ -1,0 +1,131 @@
+"""What every task shares: the optimizer step (clipping, non-finite guard, scheduler) and what gets logged.
+
+All tasks use manual optimization so that there is exactly one optimizer-step path, used by ordinary tasks
+(one step per batch) and by truncated BPTT (one step per window, :mod:`pipeline.tasks.tbptt`). Consequences users can
+rely on:
+
+- ``trainer.global_step`` counts optimizer steps (windows under TBPTT, batches otherwise); ``max_steps`` and the x-axis
+  of the logged ``train/*`` curves are in the same unit;
+- clipping is set here (``model.clip_norm``), not with ``trainer.gradient_clip_val``, which Lightning forbids with
+  manual optimization; it goes through ``self.clip_gradients`` and so through the precision plugin (AMP unscaling);
+- a step whose loss or gradient norm is NaN/Inf is skipped: no parameter or optimizer state changes, it is counted
+  (``train/nonfinite_steps``), and after ``max_nonfinite_steps`` in a row training stops with a clear message. Under DDP
+  the decision is all-reduced, so every rank skips the same steps and weights never diverge;
+- the learning-rate scheduler is stepped after every optimizer step that was taken.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+
+from pipeline.data.faults import KINDS
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced too many non-finite steps in a row."""
+
+
+class SequenceTask(pl.LightningModule):
+    """Base LightningModule: subclasses compute a loss and call :meth:`optimizer_step_on`.
+
+    Args:
+        optimizer: Optimizer class and its arguments, e.g. ``{class_path: torch.optim.AdamW, init_args: {lr: 0.002}}``.
+        scheduler: Learning-rate scheduler, stepped after every optimizer step (e.g. ``pipeline.tasks.schedules.Warmup``).
+        clip_norm: Clip the global gradient norm to this value (null: no clipping). The norm before clipping is logged
+            as ``train/grad_norm``.
+        max_nonfinite_steps: Stop after this many consecutive steps with a NaN/Inf loss or gradient norm.
+    """
+
+    def __init__(
+        self,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        clip_norm: float | None = 1.0,
+        max_nonfinite_steps: int = 10,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.clip_norm, self.max_nonfinite_steps = clip_norm, max_nonfinite_steps
+        self.nonfinite_total = 0
+        self.nonfinite_in_a_row = 0
+        self._tick: float | None = None
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"},
+        }
+
+    # --- the one optimizer-step path --------------------------------------------------------------------------
+    def optimizer_step_on(self, loss: torch.Tensor) -> bool:
+        """Backpropagate ``loss``, check, clip and step. Returns False when the step was skipped as non-finite."""
+        opt = self.optimizers()
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=loss.device)
+        bad = (~torch.isfinite(norm) | ~torch.isfinite(loss.detach())).float()
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        if bad.item() > 0:
+            opt.zero_grad(set_to_none=True)
+            self.nonfinite_total += 1
+            self.nonfinite_in_a_row += 1
+            self.log("train/nonfinite_steps", float(self.nonfinite_total), on_step=True, on_epoch=False)
+            if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
+                raise NonFiniteError(
+                    f"{self.nonfinite_in_a_row} optimizer steps in a row had a NaN/Inf loss or gradient; stopping. "
+                    f"Lower the learning rate (model.optimizer), set model.clip_norm, or check the data."
+                )
+            return False
+        self.nonfinite_in_a_row = 0
+        if self.clip_norm is not None:
+            self.clip_gradients(opt, gradient_clip_val=self.clip_norm, gradient_clip_algorithm="norm")
+        opt.step()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        self.log("train/lr", opt.param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return True
+
+    # --- shared logging ---------------------------------------------------------------------------------------
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._tick is not None and "n_tokens" in batch:
+            self.log(
+                "train/tokens_per_s",
+                batch["n_tokens"] / max(now - self._tick, 1e-9),
+                on_step=True,
+                on_epoch=False,
+            )
+        self._tick = now
+        if "pad_fraction" in batch:
+            self.log("train/pad_fraction", float(batch["pad_fraction"]), on_step=True, on_epoch=True)
+
+    def on_train_epoch_start(self) -> None:
+        self._tick = None
+
+    def on_train_epoch_end(self) -> None:
+        counts = self.trainer.datamodule.fault_counts() if self.trainer.datamodule is not None else {}
+        for kind in KINDS:  # every kind, zeros included, so that all DDP ranks log the same keys
+            self.log(f"data/skipped_{kind}", float(counts.get(kind, 0)), reduce_fx="sum", sync_dist=True)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        for name, p in self.state_dict().items():
+            if p.is_floating_point() and not torch.isfinite(p).all():
+                raise NonFiniteError(
+                    f"parameter {name} is not finite; refusing to write a checkpoint with it."
+                )
+        checkpoint["nonfinite_total"] = self.nonfinite_total
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.nonfinite_total = checkpoint.get("nonfinite_total", 0)

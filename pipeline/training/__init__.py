@@ -1,0 +1,1 @@
+"""Training infrastructure shared by every task: run directories, exact resume, atomic checkpoints."""

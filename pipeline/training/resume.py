@@ -1,0 +1,68 @@
+"""Exact resume: the data position, the randomness, and the tracking run id travel in every checkpoint.
+
+What makes a resumed run bit-identical to an uninterrupted one:
+
+- model, optimizer, scheduler and loop counters: Lightning's checkpoint;
+- the data position: ``(epoch, batches consumed in the epoch)``. The batches of an epoch are a pure function of the
+  config (see :mod:`pipeline.data.stream`) and every rank consumes in lockstep, so this pair restores the position of
+  every rank and every DataLoader worker, although only rank 0 writes the checkpoint;
+- randomness: before every training batch the torch RNG is reseeded from ``(seed, epoch, batch, rank)``, so dropout
+  masks do not depend on how many batches ran in this process. The RNG states (torch, numpy, python) are stored too,
+  for inspection;
+- the W&B run id, so that tracking continues the same run.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+
+class ResumeState(pl.Callback):
+    """Records the data position after each consumed batch; hands it to the DataModule on resume.
+
+    Args:
+        seed: Base of the per-batch reseeding (the CLI passes ``seed_everything``).
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self.position: tuple[int, int] = (0, 0)  # (epoch, batches consumed in it)
+        self.wandb_id: str | None = None
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: dict, batch_idx: int
+    ) -> None:
+        epoch, index = batch.get("position", (trainer.current_epoch, batch_idx + 1))
+        torch.manual_seed(hash((self.seed, epoch, index, trainer.global_rank)) % (2**63))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch: dict, batch_idx: int) -> None:
+        self.position = tuple(batch.get("position", (trainer.current_epoch, batch_idx + 1)))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.position = (trainer.current_epoch + 1, 0)
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": int(self.position[0]),
+            "consumed": int(self.position[1]),
+            "seed": self.seed,
+            "wandb_id": self.wandb_id,
+            "rng_torch": torch.get_rng_state(),
+            "rng_numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+            "rng_python": list(random.getstate()[1]),
+        }
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
+    ) -> None:
+        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        if state is None:
+            return
+        self.position = (state["epoch"], state["consumed"])
+        if trainer.datamodule is not None:
+            trainer.datamodule.resume_at = self.position
+        torch.set_rng_state(state["rng_torch"])
