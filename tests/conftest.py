@@ -1,0 +1,52 @@
+"""Shared test helpers: run the real CLI in a subprocess, in a scratch runs folder, W&B offline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        PIPELINE_CACHE=str(tmp_path / "cache"),
+        PYTHONPATH=str(ROOT),
+        PYTHONWARNINGS="ignore",
+    )
+    env.pop("PIPELINE_RUN_DIR", None)
+    env.pop("PIPELINE_CKPT", None)
+    env.update(extra)
+    return env
+
+
+def run_cli(module: str, *args: str, tmp_path: Path, check: bool = True, timeout: int = 600, env: dict | None = None,
+            stdin: str | None = None) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` from the repository root; fails the test with the output on error."""
+    cmd = [sys.executable, "-m", module, *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env or cli_env(tmp_path), capture_output=True, text=True,
+                          timeout=timeout, input=stdin)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def run_dir_of(proc: subprocess.CompletedProcess) -> Path:
+    """The run directory a fit printed (``[pipeline] run directory: X``, the last one)."""
+    lines = [ln for ln in proc.stderr.splitlines() if "run directory:" in ln]
+    assert lines, proc.stderr[-3000:]
+    path = Path(lines[-1].split("run directory:", 1)[1].strip())
+    return path if path.is_absolute() else ROOT / path
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    """A scratch ``--runs_dir``."""
+    return tmp_path / "runs"
