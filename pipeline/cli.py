@@ -11,10 +11,12 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import pytorch_lightning as pl
+import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities import rank_zero_only
@@ -26,6 +28,7 @@ from pipeline.tasks.base import NonFiniteError
 from pipeline.training import rundir
 from pipeline.training.checkpoint_io import AtomicCheckpointIO
 from pipeline.training.resume import ResumeState
+from pipeline.training.trace import DataTrace
 
 #: Network arguments the CLI fills from the DataModule attribute of the same name, when the network has them.
 LINKED = ("vocab_size", "num_classes", "src_vocab_size", "tgt_vocab_size", "feature_size", "frame_channels")
@@ -54,7 +57,7 @@ class PipelineCLI(LightningCLI):
             seed_everything_default=0,
             run=False,
             args=args,
-            parser_kwargs={"description": __doc__.splitlines()[0], "default_env": False},
+            parser_kwargs={"prog": f"python -m pipeline.{mode}", "description": __doc__.splitlines()[0]},
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -81,6 +84,13 @@ class PipelineCLI(LightningCLI):
         parser.add_argument(
             "--runs_dir", type=str, default="runs", help="Folder that holds every experiment's runs."
         )
+        parser.add_argument(
+            "--split",
+            type=str | None,
+            default=None,
+            help="evaluate only: the split to score instead of the validation split (a split name the data module "
+            "knows, or a file path under the data root).",
+        )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1})
 
@@ -89,7 +99,17 @@ class PipelineCLI(LightningCLI):
         cfg = self.config
         if self.mode != "fit":
             cfg.trainer.logger = False
-            cfg.trainer.enable_checkpointing = False
+            cfg.trainer.devices = 1  # evaluation and prediction run in one process
+            cfg.trainer.strategy = "auto"
+            cfg.trainer.num_nodes = 1
+            tokenizer = (
+                Path(str(cfg.ckpt_path)).resolve().parent.parent / "tokenizer.model"
+                if cfg.ckpt_path
+                else None
+            )
+            init = cfg.data.init_args
+            if tokenizer and tokenizer.is_file() and init.get("tokenizer") is not None:
+                init.tokenizer.model_path = str(tokenizer)  # the run's own tokenizer, not the cache
             return
         configs = cfg.get("config") or []
         experiment = cfg.experiment or (Path(str(configs[-1])).stem if configs else "default")
@@ -124,10 +144,12 @@ class PipelineCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
         seed = self.config.get("seed_everything")
-        extra = {"plugins": [AtomicCheckpointIO()]} if self.mode == "fit" else {}
-        trainer = super().instantiate_trainer(**extra, **kwargs)
+        trainer = super().instantiate_trainer(plugins=[AtomicCheckpointIO()], **kwargs)
         resume = ResumeState(seed=int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else 0)
         trainer.callbacks.insert(0, resume)
+        trace = DataTrace.from_env()
+        if trace is not None:
+            trainer.callbacks.insert(1, trace)
         if self.mode != "fit":
             trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
         return trainer
@@ -139,6 +161,9 @@ class PipelineCLI(LightningCLI):
         if rank_zero_only.rank == 0:
             self.parser.save(self.config, run_dir / "config.yaml", skip_none=False, overwrite=True)
             self.datamodule.save_artifacts(str(run_dir))
+            resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            for logger in self.trainer.loggers:
+                logger.log_hyperparams(resolved)
             mode = tracking.wandb_mode()
             if mode == "offline" and any(
                 isinstance(lg, pl.loggers.WandbLogger) for lg in self.trainer.loggers
@@ -189,9 +214,22 @@ def run_config_for(ckpt_path: str) -> Path:
     return cfg
 
 
+#: Lightning warnings that say nothing actionable for this pipeline's design (manual optimization, streaming loaders).
+QUIET = (
+    "Using ModelCheckpoint with manual optimization",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    "The number of training batches",
+    "Total length of `.*` across ranks is zero",
+    "You're resuming from a checkpoint that ended before the epoch ended",
+    "The anonymous setting has no effect",
+)
+
+
 def main(fn: Callable[[], None]) -> None:
     """Run a command; user mistakes end with one sentence on stderr and exit status 2, not a traceback."""
     logging.basicConfig(level=logging.WARNING, format="[pipeline] %(message)s")
+    for pattern in QUIET:
+        warnings.filterwarnings("ignore", message=pattern)
     try:
         fn()
     except DataError as exc:

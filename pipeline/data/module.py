@@ -147,6 +147,13 @@ class StreamDataModule(pl.LightningDataModule):
             )
         return self._val_loader
 
+    def use_split(self, name: str) -> None:
+        """Score ``name`` instead of the validation split (``pipeline.evaluate --split``): here a file path under the
+        data root; task data modules may also accept split names."""
+        self.val_source = Source(path=name)
+        self.val_source.files()  # a clear error now if it does not exist
+        self._val_loader = None
+
     def fault_counts(self) -> dict[str, int]:
         """Inputs skipped so far in the current epoch, by kind, training and validation together."""
         total: dict[str, int] = {}

@@ -104,7 +104,8 @@ def read_records(
                     where = f"{rel}:{lineno}"
                     bad = {c: None for c in columns} | {"_where": where}
                     try:
-                        text = raw.decode("utf-8").rstrip("\r\n")
+                        # utf-8-sig on the first line drops a byte-order mark that would corrupt the header
+                        text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\r\n")
                     except UnicodeDecodeError:
                         yield bad | {"_fault": "undecodable"}
                         continue
@@ -198,7 +199,7 @@ class Source:
             return list(self.header)
         with _open(path) as fh:
             for raw in fh:
-                text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                text = raw.decode("utf-8-sig", errors="replace").rstrip("\r\n")
                 if text.strip():
                     fields = _split_line(text, fmt)
                     return list(fields.keys()) if isinstance(fields, dict) else list(fields or [])

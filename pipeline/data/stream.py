@@ -160,6 +160,13 @@ class StreamLoader:
             if not batch.pop("empty", False):
                 yield batch
 
+    def _no_batches(self, epoch: int) -> None:
+        skipped = ", ".join(f"{k}={v}" for k, v in sorted(self.fault_counts.items())) or "none"
+        raise DataError(
+            f"the training data gave no examples in epoch {epoch} (skipped inputs: {skipped}); check the data files "
+            f"and the column/label settings."
+        )
+
     def __iter__(self) -> Iterator[dict]:
         epoch = self.epoch_fn()
         rank, world = self._rank_world()
@@ -182,6 +189,8 @@ class StreamLoader:
                         )
                     batch = {**last, "weight": 0.0, "ids": []}
             elif batch is None:
+                if last is None and self.train:
+                    self._no_batches(epoch)
                 break
             last = batch
             index += 1

@@ -24,6 +24,8 @@ from typing import Literal
 
 import sentencepiece as spm
 
+from pipeline.data.faults import DataError
+
 log = logging.getLogger("pipeline.data")
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
@@ -74,14 +76,18 @@ class Tokenizer:
         with open(folder / f"{digest}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one trainer at a time; the others then find the file
             if not target.exists():
-                self._train(texts(), target)
+                self._train(texts(), target, source_key.split("[")[0])
         return self.load(target)
 
-    def _train(self, texts: Iterable[str], target: Path) -> None:
+    def _train(self, texts: Iterable[str], target: Path, source: str) -> None:
+        seen = 0
+
         def sample():
-            for i, text in enumerate(texts):
-                if i >= self.sample_size:
+            nonlocal seen
+            for text in texts:
+                if seen >= self.sample_size:
                     break
+                seen += 1
                 yield text
 
         log.info(
@@ -91,20 +97,33 @@ class Tokenizer:
             self.sample_size,
         )
         model = io.BytesIO()
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=sample(),
-            model_writer=model,
-            vocab_size=self.vocab_size,
-            model_type=self.model_type,
-            character_coverage=self.character_coverage,
-            pad_id=PAD,
-            unk_id=UNK,
-            bos_id=BOS,
-            eos_id=EOS,
-            hard_vocab_limit=False,
-            num_threads=max(1, os.cpu_count() or 1),
-            minloglevel=2,
-        )
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=sample(),
+                model_writer=model,
+                vocab_size=self.vocab_size,
+                model_type=self.model_type,
+                character_coverage=self.character_coverage,
+                pad_id=PAD,
+                unk_id=UNK,
+                bos_id=BOS,
+                eos_id=EOS,
+                hard_vocab_limit=False,
+                num_threads=max(1, os.cpu_count() or 1),
+                minloglevel=2,
+            )
+        except RuntimeError as exc:
+            if seen == 0:
+                raise DataError(
+                    f"{source} has no usable text to train the tokenizer on; check the file and the column names."
+                ) from None
+            raise DataError(
+                f"sentencepiece could not train on {source} ({exc}); lower data.tokenizer.vocab_size or check the data."
+            ) from None
+        if seen == 0 or not model.getvalue():
+            raise DataError(
+                f"{source} has no usable text to train the tokenizer on; check the file and the column names."
+            )
         tmp = target.with_suffix(".tmp")
         tmp.write_bytes(model.getvalue())
         os.replace(tmp, target)

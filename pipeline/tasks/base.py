@@ -75,12 +75,18 @@ class SequenceTask(pl.LightningModule):
         bad = (~torch.isfinite(norm) | ~torch.isfinite(loss.detach())).float()
         if self.trainer.world_size > 1:
             bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
-        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
         if bad.item() > 0:
             opt.zero_grad(set_to_none=True)
             self.nonfinite_total += 1
             self.nonfinite_in_a_row += 1
-            self.log("train/nonfinite_steps", float(self.nonfinite_total), on_step=True, on_epoch=False)
+            self.log(
+                "train/nonfinite_steps",
+                float(self.nonfinite_total),
+                on_step=True,
+                on_epoch=False,
+                batch_size=1,
+            )
             if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
                 raise NonFiniteError(
                     f"{self.nonfinite_in_a_row} optimizer steps in a row had a NaN/Inf loss or gradient; stopping. "
@@ -94,7 +100,7 @@ class SequenceTask(pl.LightningModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
-        self.log("train/lr", opt.param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self.log("train/lr", opt.param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=1)
         return True
 
     # --- shared logging ---------------------------------------------------------------------------------------
@@ -109,7 +115,9 @@ class SequenceTask(pl.LightningModule):
             )
         self._tick = now
         if "pad_fraction" in batch:
-            self.log("train/pad_fraction", float(batch["pad_fraction"]), on_step=True, on_epoch=True)
+            self.log(
+                "train/pad_fraction", float(batch["pad_fraction"]), on_step=True, on_epoch=True, batch_size=1
+            )
 
     def on_train_epoch_start(self) -> None:
         self._tick = None
@@ -117,7 +125,13 @@ class SequenceTask(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         counts = self.trainer.datamodule.fault_counts() if self.trainer.datamodule is not None else {}
         for kind in KINDS:  # every kind, zeros included, so that all DDP ranks log the same keys
-            self.log(f"data/skipped_{kind}", float(counts.get(kind, 0)), reduce_fx="sum", sync_dist=True)
+            self.log(
+                f"data/skipped_{kind}",
+                float(counts.get(kind, 0)),
+                reduce_fx="sum",
+                sync_dist=True,
+                batch_size=1,
+            )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         for name, p in self.state_dict().items():

@@ -46,8 +46,17 @@ class SentimentTask(SequenceTask):
         self.optimizer_step_on(loss)
         if batch["weight"]:
             self.train_acc(logits.detach(), batch["labels"])
-            self.log("train/acc", self.train_acc, on_step=True, on_epoch=True)
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True)
+            self.log(
+                "train/acc", self.train_acc, on_step=True, on_epoch=True, batch_size=len(batch["labels"])
+            )
+        self.log(
+            "train/loss",
+            loss.detach(),
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(batch["labels"]),
+        )
         return loss.detach()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

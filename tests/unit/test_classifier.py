@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from pipeline.models.classifier import SequenceClassifier
+from pipeline.models.recurrent import make_rnn
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+def test_logits_shape_and_padding_is_ignored(cell, pooling):
+    torch.manual_seed(0)
+    net = SequenceClassifier(vocab_size=50, num_classes=3, embedding_dim=8, hidden_size=6, num_layers=2, cell=cell,
+                             bidirectional=True, pooling=pooling).eval()
+    tokens = torch.tensor([[5, 6, 7, 0, 0], [8, 9, 10, 11, 12]])
+    lengths = torch.tensor([3, 5])
+    logits = net(tokens, lengths)
+    assert logits.shape == (2, 3)
+    # the same sentence with no padding at all gives the same logits: packed sequences skip the pads
+    alone = net(tokens[:1, :3], lengths[:1])
+    torch.testing.assert_close(logits[:1], alone)
+
+
+def test_unknown_cell_type_names_the_choices():
+    with pytest.raises(ValueError, match="unknown cell type 'transformer': choose one of rnn, lstm, gru"):
+        make_rnn("transformer", 4, 4)
+
+
+def test_one_weight_set_shared_over_time_and_its_gradient_sums_over_steps():
+    """h_t = f_W(h_{t-1}, x_t): the same W at every step; dL/dW is the sum of the per-step contributions."""
+    torch.manual_seed(0)
+    rnn = make_rnn("rnn", 3, 4)
+    x = torch.randn(1, 5, 3)
+    out, _ = rnn(x)
+    out[:, -1].sum().backward()
+    full = rnn.weight_ih_l0.grad.clone()
+    # the parameter count does not depend on the sequence length
+    assert sum(p.numel() for p in rnn.parameters()) == 4 * 3 + 4 * 4 + 4 + 4
+    # gradient through the steps = sum of gradients w.r.t. per-step copies of W_ih
+    w = rnn.weight_ih_l0.detach()
+    copies = [w.clone().requires_grad_(True) for _ in range(5)]
+    h = torch.zeros(4)
+    for t in range(5):
+        h = torch.tanh(copies[t] @ x[0, t] + rnn.bias_ih_l0 + rnn.weight_hh_l0 @ h + rnn.bias_hh_l0)
+    h.sum().backward()
+    torch.testing.assert_close(sum(c.grad for c in copies), full)
