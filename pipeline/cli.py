@@ -27,6 +27,7 @@ from pipeline.data.module import StreamDataModule
 from pipeline.tasks.base import NonFiniteError
 from pipeline.training import rundir
 from pipeline.training.checkpoint_io import AtomicCheckpointIO
+from pipeline.training.progress import LogProgress
 from pipeline.training.resume import ResumeState
 from pipeline.training.trace import DataTrace
 
@@ -147,6 +148,8 @@ class PipelineCLI(LightningCLI):
         trainer = super().instantiate_trainer(plugins=[AtomicCheckpointIO()], **kwargs)
         resume = ResumeState(seed=int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else 0)
         trainer.callbacks.insert(0, resume)
+        if self.mode == "fit" and not sys.stderr.isatty():
+            trainer.callbacks.append(LogProgress())
         trace = DataTrace.from_env()
         if trace is not None:
             trainer.callbacks.insert(1, trace)

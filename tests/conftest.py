@@ -27,14 +27,32 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(module: str, *args: str, tmp_path: Path, check: bool = True, timeout: int = 600, env: dict | None = None,
-            stdin: str | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    module: str,
+    *args: str,
+    tmp_path: Path,
+    check: bool = True,
+    timeout: int = 600,
+    env: dict | None = None,
+    stdin: str | None = None,
+) -> subprocess.CompletedProcess:
     """``python -m <module> <args>`` from the repository root; fails the test with the output on error."""
     cmd = [sys.executable, "-m", module, *args]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env or cli_env(tmp_path), capture_output=True, text=True,
-                          timeout=timeout, input=stdin)
+    # a session of its own: a simulated crash (PIPELINE_KILL_AT) kills the run's process group, never pytest
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env=env or cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=stdin,
+        start_new_session=True,
+    )
     if check and proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}")
+        pytest.fail(
+            f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 

@@ -106,13 +106,24 @@ class SequenceTask(pl.LightningModule):
     # --- shared logging ---------------------------------------------------------------------------------------
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
         now = time.perf_counter()
-        if self._tick is not None and "n_tokens" in batch:
-            self.log(
-                "train/tokens_per_s",
-                batch["n_tokens"] / max(now - self._tick, 1e-9),
-                on_step=True,
-                on_epoch=False,
-            )
+        if self._tick is not None:
+            seconds = max(now - self._tick, 1e-9)  # wall time of the whole step, data wait included
+            if "n_tokens" in batch:
+                self.log(
+                    "train/tokens_per_s",
+                    batch["n_tokens"] / seconds,
+                    on_step=True,
+                    on_epoch=False,
+                    batch_size=1,
+                )
+            if batch.get("ids"):
+                self.log(
+                    "train/examples_per_s",
+                    len(batch["ids"]) / seconds,
+                    on_step=True,
+                    on_epoch=False,
+                    batch_size=1,
+                )
         self._tick = now
         if "pad_fraction" in batch:
             self.log(

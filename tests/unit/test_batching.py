@@ -24,7 +24,9 @@ def test_bucketing_reduces_padding_and_keeps_every_item():
         padded = sum(max(b) * len(b) for b in batches)
         return 1 - sum(sum(b) for b in batches) / padded
 
-    bucketed = list(bucket_batches(lengths, length=lambda n: n, rng=random.Random(1), buffer_size=500, batch_size=32))
+    bucketed = list(
+        bucket_batches(lengths, length=lambda n: n, rng=random.Random(1), buffer_size=500, batch_size=32)
+    )
     naive = [lengths[i : i + 32] for i in range(0, len(lengths), 32)]
     assert sorted(x for b in bucketed for x in b) == sorted(lengths)
     assert padding(bucketed) < 0.1 < padding(naive)
@@ -34,7 +36,11 @@ def test_same_seed_same_batches_other_seed_other_order():
     items = list(range(300))
 
     def run(seed):
-        return list(bucket_batches(items, length=lambda n: n % 17, rng=random.Random(seed), buffer_size=100, batch_size=8))
+        return list(
+            bucket_batches(
+                items, length=lambda n: n % 17, rng=random.Random(seed), buffer_size=100, batch_size=8
+            )
+        )
 
     assert run(3) == run(3)
     assert run(3) != run(4)

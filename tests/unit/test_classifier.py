@@ -9,8 +9,16 @@ from pipeline.models.recurrent import make_rnn
 @pytest.mark.parametrize("pooling", ["last", "mean", "max"])
 def test_logits_shape_and_padding_is_ignored(cell, pooling):
     torch.manual_seed(0)
-    net = SequenceClassifier(vocab_size=50, num_classes=3, embedding_dim=8, hidden_size=6, num_layers=2, cell=cell,
-                             bidirectional=True, pooling=pooling).eval()
+    net = SequenceClassifier(
+        vocab_size=50,
+        num_classes=3,
+        embedding_dim=8,
+        hidden_size=6,
+        num_layers=2,
+        cell=cell,
+        bidirectional=True,
+        pooling=pooling,
+    ).eval()
     tokens = torch.tensor([[5, 6, 7, 0, 0], [8, 9, 10, 11, 12]])
     lengths = torch.tensor([3, 5])
     logits = net(tokens, lengths)

@@ -118,7 +118,9 @@ def test_truncated_gzip_is_an_error_naming_file_and_line():
     with pytest.raises(DataError) as err:
         list(Source(path=str(FAULTS / "truncated.tsv.gz")).dataset(["sentence", "label"]))
     message = str(err.value)
-    assert message.startswith(f"{FAULTS / 'truncated.tsv.gz'} is truncated or corrupt after line {complete} (")
+    assert message.startswith(
+        f"{FAULTS / 'truncated.tsv.gz'} is truncated or corrupt after line {complete} ("
+    )
     assert message.endswith("); re-download or re-compress the file.")
 
 
@@ -144,4 +146,7 @@ def test_every_record_is_accounted_for():
 def test_gzip_is_read_transparently(tmp_path):
     path = tmp_path / "small.tsv.gz"
     path.write_bytes(gzip.compress(b"sentence\tlabel\nhello\t1\nworld\t0\n"))
-    assert [r["_where"].rsplit(":", 1)[1] for r in Source(path=str(path)).dataset(["sentence", "label"])] == ["2", "3"]
+    assert [r["_where"].rsplit(":", 1)[1] for r in Source(path=str(path)).dataset(["sentence", "label"])] == [
+        "2",
+        "3",
+    ]

@@ -68,5 +68,7 @@ def test_tokenizer_model_types(tmp_path, monkeypatch, model_type):
     tok.prepare(lambda: (r["sentence"] for r in Source(path="sst2/dev.tsv").dataset(["sentence"])), "dev")
     ids = tok.encode("the film")
     if model_type == "char":
-        assert tok.pieces(ids) == list("\u2581the\u2581film")  # one piece per character (+ sentencepiece's word marks)
+        assert tok.pieces(ids) == list(
+            "\u2581the\u2581film"
+        )  # one piece per character (+ sentencepiece's word marks)
     assert tok.decode(ids) == "the film"

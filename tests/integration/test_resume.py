@@ -1,0 +1,149 @@
+"""Exact resume: a run SIGKILLed mid-epoch and resumed with --ckpt_path last ends bit-identical to an uninterrupted
+run of the same config and seed, having trained on exactly the same multiset of examples."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import cli_env, run_cli
+
+DEBUG = "configs/debug/sentiment.yaml"
+STEPS = 40  # the debug data has ~28 batches per epoch: the runs cross an epoch boundary
+
+
+def fit(
+    tmp_path: Path, runs: Path, trace: Path, *extra: str, kill_at: str | None = None, resume: bool = False
+):
+    env = cli_env(tmp_path, PIPELINE_TRACE=str(trace))
+    if kill_at:
+        env["PIPELINE_KILL_AT"] = kill_at
+    args = ["--config", DEBUG, "--runs_dir", str(runs), "--trainer.max_steps", str(STEPS), *extra]
+    if resume:
+        args += ["--ckpt_path", "last"]
+    proc = run_cli("pipeline.fit", *args, tmp_path=tmp_path, env=env, check=not kill_at)
+    if kill_at:
+        assert proc.returncode == -9, f"expected a SIGKILL, got {proc.returncode}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def consumed(trace: Path, rank: int, upto: int | None = None, after: int | None = None) -> Counter:
+    """Example ids trained on by ``rank``, optionally only those of steps in (after, upto]."""
+    path = trace / f"ids-rank{rank}.tsv"
+    out = Counter()
+    for line in path.read_text().splitlines() if path.exists() else []:
+        step, ex = line.split("\t")
+        if (upto is None or int(step) <= upto) and (after is None or int(step) > after):
+            out[ex] += 1
+    return out
+
+
+def last_step(runs: Path) -> int:
+    ckpt = next(runs.glob("sentiment/*/checkpoints/last.ckpt"))
+    return torch.load(ckpt, weights_only=True)["global_step"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, f"tensors differ after resume: {different}"
+
+
+def check_resume(tmp_path: Path, kills: list[str], ranks: int = 1, extra: tuple[str, ...] = ()) -> None:
+    full = tmp_path / "full"
+    fit(tmp_path, tmp_path / "runs-full", full, *extra)
+    runs = tmp_path / "runs-killed"
+    traces, resumed_from = [], []
+    for i, kill in enumerate(kills):
+        trace = tmp_path / f"part{i}"
+        fit(tmp_path, runs, trace, *extra, kill_at=kill, resume=i > 0)
+        traces.append(trace)
+        resumed_from.append(last_step(runs))  # what the next run restarts from
+    final = tmp_path / "final"
+    proc = fit(tmp_path, runs, final, *extra, resume=True)
+    assert "resuming from" in proc.stderr
+    for rank in range(ranks):
+        effective = Counter()
+        start = 0
+        for trace, upto in zip(traces, resumed_from, strict=True):
+            effective += consumed(trace, rank, upto=upto, after=start)
+            start = upto
+        effective += consumed(final, rank, after=start)
+        assert effective == consumed(full, rank), f"rank {rank}: the examples trained on differ"
+        assert_same_weights(full / f"weights-rank{rank}.pt", final / f"weights-rank{rank}.pt")
+
+
+def test_kill_mid_epoch_and_resume_single_process(tmp_path):
+    check_resume(tmp_path, kills=["14"])
+
+
+def test_kill_mid_epoch_and_resume_with_two_workers(tmp_path):
+    check_resume(tmp_path, kills=["14"], extra=("--data.init_args.num_workers", "2"))
+
+
+def test_two_consecutive_kill_and_resume_cycles(tmp_path):
+    check_resume(tmp_path, kills=["10", "23"])
+
+
+def test_kill_at_an_epoch_boundary(tmp_path):
+    check_resume(
+        tmp_path,
+        kills=["epoch:1"],
+        extra=(
+            "--checkpoint.every_n_train_steps",
+            "0",
+            "--checkpoint.every_n_epochs",
+            "1",
+            "--checkpoint.save_on_train_epoch_end",
+            "true",
+        ),
+    )
+
+
+def test_kill_mid_epoch_and_resume_two_process_ddp(tmp_path):
+    check_resume(
+        tmp_path,
+        kills=["14"],
+        ranks=2,
+        extra=("--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"),
+    )
+
+
+@pytest.mark.parametrize("when", ["before", "during"])
+def test_a_kill_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp_path, when):
+    import subprocess
+    import sys
+    import time
+
+    target = tmp_path / "last.ckpt"
+    from pipeline.training.checkpoint_io import AtomicCheckpointIO
+
+    AtomicCheckpointIO().save_checkpoint({"step": 1, "w": torch.ones(3)}, target)
+    script = (
+        "import torch, sys\n"
+        "from pipeline.training.checkpoint_io import AtomicCheckpointIO\n"
+        "big = {'step': 2, 'w': torch.randn(64_000_000)}\n"  # ~256 MB: long enough to be killed mid-write
+        "print('writing', flush=True)\n"
+        f"AtomicCheckpointIO().save_checkpoint(big, {str(target)!r})\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.stdout.readline().strip() == "writing"
+    tmp = target.with_name("last.ckpt.tmp")
+    if when == "during":
+        deadline = time.time() + 60
+        while not tmp.exists() and time.time() < deadline:
+            time.sleep(0.001)
+        assert tmp.exists()
+    proc.kill()
+    proc.wait()
+    loaded = AtomicCheckpointIO().load_checkpoint(target)
+    assert loaded["step"] == 1 and torch.equal(loaded["w"], torch.ones(3))
