@@ -63,6 +63,26 @@ class ResumeState(pl.Callback):
         if state is None:
             return
         self.position = (state["epoch"], state["consumed"])
+        if self.position[1] == 0:
+            self._finish_saved_epoch(checkpoint)
         if trainer.datamodule is not None:
             trainer.datamodule.resume_at = self.position
         torch.set_rng_state(state["rng_torch"])
+
+    @staticmethod
+    def _finish_saved_epoch(checkpoint: dict) -> None:
+        """A checkpoint written in ``on_train_epoch_end`` holds an epoch that is processed but not yet "completed";
+        Lightning 2.6 restores it as "restarted on epoch end" and runs that epoch's loop again over a fresh iterator
+        (with the old epoch number, so the old shuffle). Mark the epoch completed, so the resumed run starts the next
+        epoch exactly as the uninterrupted run did."""
+        loops = checkpoint.get("loops", {}).get("fit_loop")
+        if not loops:
+            return
+        progress = loops["epoch_progress"]
+        total = progress["total"]
+        if total["started"] == total["ready"] and total["processed"] == total["completed"] + 1:
+            for part in ("total", "current"):
+                progress[part]["completed"] = progress[part]["processed"]
+            batches = loops["epoch_loop.batch_progress"]
+            batches["current"] = dict.fromkeys(batches["current"], 0)
+            batches["is_last_batch"] = False
