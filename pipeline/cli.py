@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
@@ -174,6 +175,7 @@ class PipelineCLI(LightningCLI):
                 say(
                     "W&B: no credentials configured, logging offline (set WANDB_API_KEY, or run `wandb login`)."
                 )
+        self._share_cpu()
         say(f"run directory: {run_dir}")
         if self.resume_from:
             say(f"resuming from {self.resume_from}")
@@ -185,6 +187,16 @@ class PipelineCLI(LightningCLI):
             self.model, self.datamodule, ckpt_path=str(self.resume_from) if self.resume_from else None
         )
         self.report_end()
+
+    def _share_cpu(self) -> None:
+        """Several CPU processes on one machine (DDP on CPU): give each its share of the cores, not all of them.
+        Oversubscribed OpenMP threads spin against each other and can make training many times slower."""
+        trainer = self.trainer
+        if "OMP_NUM_THREADS" in os.environ or trainer.accelerator.__class__.__name__ != "CPUAccelerator":
+            return
+        local = max(1, int(trainer.num_devices))
+        if local > 1:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
 
     def report_end(self) -> None:
         faults = self.datamodule.fault_counts()

@@ -20,6 +20,7 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         PIPELINE_CACHE=str(tmp_path / "cache"),
         PYTHONPATH=str(ROOT),
         PYTHONWARNINGS="ignore",
+        OMP_NUM_THREADS="1",  # tiny models: threads only spin against each other on a 2-core machine
     )
     env.pop("PIPELINE_RUN_DIR", None)
     env.pop("PIPELINE_CKPT", None)

@@ -27,12 +27,23 @@ class Poison(pl.Callback):
 @pytest.fixture
 def cli_factory(tmp_path, monkeypatch):
     monkeypatch.setenv("PIPELINE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("PIPELINE_RUN_DIR", "")  # the CLI exports these for DDP children; keep them out of other tests
+    monkeypatch.setenv(
+        "PIPELINE_RUN_DIR", ""
+    )  # the CLI exports these for DDP children; keep them out of other tests
     monkeypatch.setenv("PIPELINE_CKPT", "")
 
     def make(*extra: str) -> PipelineCLI:
-        args = ["--config", DEBUG, "--runs_dir", str(tmp_path / "runs"), "--trainer.logger", "false",
-                "--trainer.enable_progress_bar", "false", *extra]
+        args = [
+            "--config",
+            DEBUG,
+            "--runs_dir",
+            str(tmp_path / "runs"),
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            *extra,
+        ]
         return PipelineCLI(args=args, mode="fit")
 
     return make
@@ -53,7 +64,9 @@ def test_poisoned_batch_is_skipped_counted_and_training_continues(cli_factory):
 def test_too_many_nonfinite_steps_in_a_row_stop_with_a_clear_message(cli_factory):
     cli = cli_factory("--trainer.max_steps", "20", "--model.init_args.max_nonfinite_steps", "3")
     cli.trainer.callbacks.append(Poison(from_batch=2))
-    with pytest.raises(NonFiniteError, match="3 optimizer steps in a row had a NaN/Inf loss or gradient; stopping"):
+    with pytest.raises(
+        NonFiniteError, match="3 optimizer steps in a row had a NaN/Inf loss or gradient; stopping"
+    ):
         cli.fit()
     assert all(torch.isfinite(p).all() for p in cli.model.parameters())
 
