@@ -47,6 +47,7 @@ class PipelineCLI(LightningCLI):
     """``python -m pipeline.fit --config configs/<task>/<name>.yaml [--trainer.max_epochs 3] [--ckpt_path last]``."""
 
     def __init__(self, args: list[str] | None = None, mode: str = "fit") -> None:
+        args = with_logger_save_dir(list(sys.argv[1:] if args is None else args))
         self.mode = mode
         self.run_dir: Path | None = None
         self.resume_from: Path | None = None
@@ -215,6 +216,20 @@ class PipelineCLI(LightningCLI):
             if hint:
                 say(hint)
         say(f"run directory: {self.run_dir}")
+
+
+def with_logger_save_dir(args: list[str]) -> list[str]:
+    """``--trainer.logger CSVLogger`` alone would fail on the logger's required ``save_dir``, which the CLI replaces
+    with the run directory anyway: give it a placeholder so the short form works."""
+    joined = " ".join(args)
+    if "--trainer.logger" in joined and "logger.save_dir" not in joined and "logger.init_args.save_dir" not in joined:
+        for i, arg in enumerate(args):
+            value = arg.split("=", 1)[1] if arg.startswith("--trainer.logger=") else None
+            if arg == "--trainer.logger" and i + 1 < len(args):
+                value = args[i + 1]
+            if value and value.split(".")[-1] in ("CSVLogger", "TensorBoardLogger"):
+                return [*args, "--trainer.logger.save_dir", "runs"]
+    return args
 
 
 def run_config_for(ckpt_path: str) -> Path:

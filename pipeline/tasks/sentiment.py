@@ -17,10 +17,10 @@ class SentimentTask(SequenceTask):
     Args:
         network: The classifier (``pipeline.models.classifier.SequenceClassifier``); its ``forward(tokens, lengths)``
             returns logits (B, C).
-        optimizer: See :class:`pipeline.tasks.base.SequenceTask`.
-        scheduler: See :class:`pipeline.tasks.base.SequenceTask`.
-        clip_norm: See :class:`pipeline.tasks.base.SequenceTask`.
-        max_nonfinite_steps: See :class:`pipeline.tasks.base.SequenceTask`.
+        optimizer: Optimizer class and its arguments, e.g. ``{class_path: torch.optim.AdamW, init_args: {lr: 0.002}}``.
+        scheduler: Learning-rate scheduler, stepped after every optimizer step (e.g. ``pipeline.tasks.schedules.Warmup``).
+        clip_norm: Clip the global gradient norm to this value (null: no clipping); the norm before clipping is logged.
+        max_nonfinite_steps: Stop after this many consecutive steps with a NaN/Inf loss or gradient norm.
     """
 
     def __init__(
