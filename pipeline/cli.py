@@ -222,7 +222,11 @@ def with_logger_save_dir(args: list[str]) -> list[str]:
     """``--trainer.logger CSVLogger`` alone would fail on the logger's required ``save_dir``, which the CLI replaces
     with the run directory anyway: give it a placeholder so the short form works."""
     joined = " ".join(args)
-    if "--trainer.logger" in joined and "logger.save_dir" not in joined and "logger.init_args.save_dir" not in joined:
+    if (
+        "--trainer.logger" in joined
+        and "logger.save_dir" not in joined
+        and "logger.init_args.save_dir" not in joined
+    ):
         for i, arg in enumerate(args):
             value = arg.split("=", 1)[1] if arg.startswith("--trainer.logger=") else None
             if arg == "--trainer.logger" and i + 1 < len(args):
@@ -255,13 +259,29 @@ QUIET = (
 )
 
 
+def _data_error_in(exc: BaseException | None) -> DataError | None:
+    """The DataError behind ``exc``: jsonargparse re-raises errors of DataModule construction and of argument links
+    (``vocab_size`` & co. train the tokenizer, which checks the data) as ValueErrors caused by them."""
+    while exc is not None:
+        if isinstance(exc, DataError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def main(fn: Callable[[], None]) -> None:
     """Run a command; user mistakes end with one sentence on stderr and exit status 2, not a traceback."""
     logging.basicConfig(level=logging.WARNING, format="[pipeline] %(message)s")
     for pattern in QUIET:
         warnings.filterwarnings("ignore", message=pattern)
     try:
-        fn()
+        try:
+            fn()
+        except Exception as exc:
+            data_error = _data_error_in(exc)
+            if data_error is None or data_error is exc:
+                raise
+            raise data_error from None
     except DataError as exc:
         print(f"error: {worker_error_message(exc)}", file=sys.stderr)
         sys.exit(2)
