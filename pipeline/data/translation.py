@@ -45,8 +45,9 @@ class TranslationData(StreamDataModule):
         joint_vocab: One vocabulary trained on both sides (allows shared embeddings), or one per language.
         tgt_tokenizer: Target-side options when ``joint_vocab`` is false (default: the same as ``tokenizer``).
         batch_size: Sentence pairs per batch (an upper bound when ``max_tokens`` is set too).
-        max_tokens: Token budget per batch: sentences x (longest source + longest target), so padded source plus
-            target tokens. Batches are bucketed by source + target length inside the shuffle buffer.
+        max_tokens: Token budget per batch: sentences x the longest side (source or target) of any of them, as in
+            OpenNMT-py's ``batch_type: tokens``; a batch then holds up to about twice that many source + target
+            tokens. Batches are bucketed by that length (the longer of source and target) in the shuffle buffer.
         buffer_size: Shuffle buffer; batches are length-bucketed inside it.
         max_length: Longest source or target in pieces.
         overlength: A longer pair is ``skip``ped (counted as ``too_long``) or ``truncate``d (counted as ``truncated``).
@@ -63,7 +64,7 @@ class TranslationData(StreamDataModule):
         joint_vocab: bool = True,
         tgt_tokenizer: Tokenizer | None = None,
         batch_size: int | None = None,
-        max_tokens: int | None = 8192,
+        max_tokens: int | None = 4096,
         buffer_size: int = 10_000,
         max_length: int = 128,
         overlength: Literal["truncate", "skip"] = "skip",
@@ -163,7 +164,9 @@ class TranslationData(StreamDataModule):
         return [*src, EOS], tgt, src_text, tgt_text
 
     def length(self, example: Example) -> int:
-        return len(example[0]) + len(example[1]) + 1
+        # the longer side: bucketing by it keeps both source and target padding low (~8% on Multi30k, against
+        # ~20% when bucketing by the sum), and the budget then counts like OpenNMT-py's "tokens" batches
+        return max(len(example[0]), len(example[1]) + 1)
 
     def collate(self, examples: list[Example]) -> dict:
         src, src_lengths = pad_batch([e[0] for e in examples])

@@ -39,7 +39,8 @@ class TranslationTask(SequenceTask):
             the model's own predictions, which makes every step sequential and slower).
         label_smoothing: Share of the target probability spread over the vocabulary (Szegedy et al., 2016).
         bleu_every_n_val: Decode the validation split and compute BLEU/chrF every n-th validation (loss always).
-        beam_size: Beam used for validation BLEU and, by default, for ``pipeline.translate`` (1: greedy).
+        beam_size: Beam for ``trainer.validate`` / ``pipeline.evaluate`` and ``pipeline.translate`` (1: greedy).
+        val_beam_size: Beam for the BLEU of the validations during training (greedy by default: it is cheaper).
         length_penalty: Alpha of the length penalty in beam search (0: raw log-probability).
         max_length_ratio: Longest translation = ratio x source length + ``max_length_offset`` pieces.
         max_length_offset: See ``max_length_ratio``.
@@ -59,7 +60,8 @@ class TranslationTask(SequenceTask):
         teacher_forcing: float = 1.0,
         label_smoothing: float = 0.1,
         bleu_every_n_val: int = 1,
-        beam_size: int = 1,
+        beam_size: int = 5,
+        val_beam_size: int = 1,
         length_penalty: float = 0.6,
         max_length_ratio: float = 1.5,
         max_length_offset: int = 5,
@@ -70,16 +72,13 @@ class TranslationTask(SequenceTask):
         super().__init__(optimizer, scheduler, clip_norm, max_nonfinite_steps)
         self.network = network
         self.teacher_forcing, self.label_smoothing = teacher_forcing, label_smoothing
-        self.bleu_every_n_val, self.beam_size, self.length_penalty = (
-            bleu_every_n_val,
-            beam_size,
-            length_penalty,
-        )
+        self.bleu_every_n_val, self.length_penalty = bleu_every_n_val, length_penalty
+        self.beam_size, self.val_beam_size = beam_size, val_beam_size
         self.max_length_ratio, self.max_length_offset = max_length_ratio, max_length_offset
         self.num_samples, self.num_heatmaps = num_samples, num_heatmaps
         self.heatmap_sentences = list(heatmap_sentences or [])
         self.tokens_seen = 0  # real source + target tokens trained on (benchmarks report tokens/s)
-        self.train_time_s = 0.0  # wall time in fit (validation included), carried across resumes
+        self.train_time_s = 0.0  # wall time in fit up to the last step (validation included), across resumes
         self._fit_start: float | None = None
         self._time_before = 0.0
         self._val_count = 0
@@ -109,10 +108,13 @@ class TranslationTask(SequenceTask):
         self._fit_start = time.perf_counter()
         self._time_before = self.train_time_s
 
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        if self._fit_start is not None:  # time of the last step trained (checkpoints carry it)
+            self.train_time_s = self._time_before + time.perf_counter() - self._fit_start
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
-        if self._fit_start is not None:
-            self.train_time_s = self._time_before + time.perf_counter() - self._fit_start
         checkpoint["tokens_seen"] = self.tokens_seen
         checkpoint["train_time_s"] = self.train_time_s
 
@@ -168,7 +170,8 @@ class TranslationTask(SequenceTask):
         )
         if self._decode:
             dm = self.trainer.datamodule
-            hyps = self.translate_ids(batch["src"], batch["src_lengths"])
+            beam = self.val_beam_size if self.trainer.state.fn == "fit" else self.beam_size
+            hyps = self.translate_ids(batch["src"], batch["src_lengths"], beam)
             self._records += zip(batch["src_text"], batch["tgt_text"], map(dm.decode, hyps), strict=True)
 
     def on_validation_epoch_end(self) -> None:
