@@ -189,11 +189,27 @@ def run_config_for(ckpt_path: str) -> Path:
     return cfg
 
 
+def _data_error_in(exc: BaseException | None) -> DataError | None:
+    """The DataError behind ``exc``: jsonargparse re-raises errors of DataModule construction and of argument links
+    (``vocab_size`` & co. train the tokenizer, which checks the data) as ValueErrors caused by them."""
+    while exc is not None:
+        if isinstance(exc, DataError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def main(fn: Callable[[], None]) -> None:
     """Run a command; user mistakes end with one sentence on stderr and exit status 2, not a traceback."""
     logging.basicConfig(level=logging.WARNING, format="[pipeline] %(message)s")
     try:
-        fn()
+        try:
+            fn()
+        except Exception as exc:
+            data_error = _data_error_in(exc)
+            if data_error is None or data_error is exc:
+                raise
+            raise data_error from None
     except DataError as exc:
         print(f"error: {worker_error_message(exc)}", file=sys.stderr)
         sys.exit(2)
