@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.data.tokenizer import BOS, PAD
+from pipeline.data.tokenizer import PAD
 from pipeline.models.attention import Attention, Kind, source_mask
 from pipeline.models.recurrent import Cell, make_rnn, run_packed
 
@@ -186,7 +186,3 @@ class Seq2Seq(nn.Module):
                 logits.append(self.generator(vec))
         out = torch.stack(logits, 1) if logits else self.generator(torch.stack(vecs, 1))  # (B, T, V)
         return out, torch.stack(all_weights, 1)
-
-    @staticmethod
-    def bos(batch_size: int, device: torch.device) -> torch.Tensor:
-        return torch.full((batch_size,), BOS, dtype=torch.long, device=device)
