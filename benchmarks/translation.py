@@ -5,9 +5,9 @@
     python benchmarks/translation.py --minutes 45 -- --model.init_args.network.init_args.hidden_size 768
 
 1. Trains ``configs/translation/multi30k_en_de_gru_attn.yaml`` with ``pipeline.fit`` for ``--minutes`` of wall time
-   (``trainer.max_time``; validation during training counts), saving a checkpoint every ``--ckpt_every`` steps
-   (Lightning ignores ``train_time_interval`` under manual optimization). Each checkpoint records the wall time of
-   its last training step and the tokens trained on.
+   (``trainer.max_time``; validation during training counts), saving the weights every ``--ckpt_every`` steps
+   (Lightning ignores ``train_time_interval`` under manual optimization) and when fit ends. Each checkpoint records
+   the wall time of its last training step and the tokens trained on.
 2. For each mark (1/3, 2/3 and all of ``--minutes``) takes the last ``--candidates`` checkpoints trained no longer
    than the mark (the trainer stops at the first step boundary after ``max_time``, so the final mark allows 1%
    over; the table shows each checkpoint's real time) and picks the one with the best greedy BLEU on ``val`` (test
@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import pytorch_lightning as pl  # noqa: E402
 import sacrebleu  # noqa: E402
 import torch  # noqa: E402
 
@@ -40,6 +41,15 @@ from pipeline.translate import load_translator  # noqa: E402
 
 CONFIG = "configs/translation/multi30k_en_de_gru_attn.yaml"
 RAW = "multi30k/task1/raw"
+
+
+class SaveAtEnd(pl.Callback):
+    """Save the weights when fit ends: ``max_time`` stops between two step checkpoints, and Lightning's
+    ModelCheckpoint does not save there under manual optimization."""
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        folder = Path(trainer.checkpoint_callback.dirpath)
+        trainer.save_checkpoint(folder / f"end-step{trainer.global_step:05d}.ckpt", weights_only=True)
 
 
 def read_lines(split: str, lang: str, limit: int | None) -> list[str]:
@@ -55,7 +65,8 @@ def train(args: argparse.Namespace, runs_dir: Path) -> Path:
         "--trainer.max_time", f"00:00:{int(args.minutes):02d}:{int(args.minutes * 60) % 60:02d}",
         "--trainer.max_epochs", "-1", "--trainer.enable_progress_bar", "false",
         "--checkpoint.monitor", "null", "--checkpoint.save_top_k", "-1",
-        "--checkpoint.every_n_train_steps", str(args.ckpt_every),
+        "--checkpoint.every_n_train_steps", str(args.ckpt_every), "--checkpoint.save_weights_only", "true",
+        "--trainer.callbacks+=benchmarks.translation.SaveAtEnd",
         "--checkpoint.filename", "step{step:05d}", "--checkpoint.auto_insert_metric_name", "false",
         *args.overrides,
     ]  # fmt: skip
