@@ -38,3 +38,10 @@ def attention_image(weights: torch.Tensor, src_pieces: list[str], tgt_pieces: li
         ImageDraw.Draw(label).text((2, 3), piece, fill="black", font=font)
         image.paste(label.rotate(90, expand=True), (left + j * CELL, 0))
     return image
+
+
+def pad_image(image: Image.Image, width: int, height: int) -> Image.Image:
+    """``image`` on a white canvas of ``width`` x ``height`` (top left)."""
+    canvas = Image.new("RGB", (width, height), "white")
+    canvas.paste(image, (0, 0))
+    return canvas

@@ -23,7 +23,7 @@ from torch import nn
 from pipeline.data.tokenizer import EOS, PAD
 from pipeline.models.beam_search import beam_search, greedy_search
 from pipeline.tasks.base import SequenceTask
-from pipeline.tasks.heatmap import attention_image
+from pipeline.tasks.heatmap import attention_image, pad_image
 
 
 class TranslationTask(SequenceTask):
@@ -226,5 +226,7 @@ class TranslationTask(SequenceTask):
             tgt_pieces = dm.tgt_tokenizer.pieces([*ids, EOS])  # + EOS, the step that ends the sentence
             images.append(attention_image(w, src_pieces, tgt_pieces))
             captions.append(f"{self.heatmap_sentences[b]} -> {dm.decode(ids)}")
+        width, height = max(im.width for im in images), max(im.height for im in images)
+        images = [pad_image(im, width, height) for im in images]  # W&B shows one size per key
         for lg in loggers:
             lg.log_image("val/attention", images=images, step=step, caption=captions)

@@ -41,3 +41,18 @@ def test_model_attention_is_masked_for_padded_batches(input_feeding: bool) -> No
     _, weights = model(src, lengths, torch.randint(4, 30, (3, 4)))  # (B, T, S)
     assert torch.allclose(weights.sum(-1), torch.ones(3, 4), atol=1e-5)
     assert (weights[1, :, 3:] == 0).all() and (weights[2, :, 1:] == 0).all()
+
+
+def test_heatmap_image_draws_more_attention_darker() -> None:
+    from pipeline.tasks.heatmap import CELL, attention_image
+
+    weights = torch.tensor([[0.9, 0.1, 0.0], [0.0, 0.2, 0.8]])  # (T=2, S=3)
+    image = attention_image(weights, ["\u2581A", "\u2581dog", "</s>"], ["\u2581Ein", "\u2581Hund"])
+    width, height = image.size
+    left, top = width - 4 - 3 * CELL, height - 4 - 2 * CELL  # the grid sits in the bottom-right corner
+
+    def brightness(i: int, j: int) -> int:
+        return sum(image.getpixel((left + j * CELL + CELL // 2, top + i * CELL + CELL // 2)))
+
+    assert brightness(0, 0) < brightness(0, 1) < brightness(0, 2)
+    assert brightness(1, 2) < brightness(1, 1) < brightness(1, 0)
