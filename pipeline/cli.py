@@ -105,14 +105,12 @@ class PipelineCLI(LightningCLI):
             cfg.trainer.devices = 1  # evaluation and prediction run in one process
             cfg.trainer.strategy = "auto"
             cfg.trainer.num_nodes = 1
-            tokenizer = (
-                Path(str(cfg.ckpt_path)).resolve().parent.parent / "tokenizer.model"
-                if cfg.ckpt_path
-                else None
-            )
-            init = cfg.data.init_args
-            if tokenizer and tokenizer.is_file() and init.get("tokenizer") is not None:
-                init.tokenizer.model_path = str(tokenizer)  # the run's own tokenizer, not the cache
+            if cfg.ckpt_path:  # the run's own tokenizers (<run>/<key>.model), never the cache or a retrain
+                run_dir = Path(str(cfg.ckpt_path)).resolve().parent.parent
+                init = cfg.data.init_args
+                for key in ("tokenizer", "tgt_tokenizer"):
+                    if (run_dir / f"{key}.model").is_file() and init.get(key) is not None:
+                        init[key].model_path = str(run_dir / f"{key}.model")
             return
         configs = cfg.get("config") or []
         experiment = cfg.experiment or (Path(str(configs[-1])).stem if configs else "default")

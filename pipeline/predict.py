@@ -16,6 +16,7 @@ from pipeline.cli import PipelineCLI, main, run_config_for
 
 def load_for_inference(ckpt_path: str, config: str | None = None) -> PipelineCLI:
     """Rebuild a run's model and data module from its config and load the checkpoint's weights (weights_only)."""
+    sys.argv = sys.argv[:1]  # our own flags are parsed; LightningCLI warns when it sees them beside args=
     cfg = config or str(run_config_for(ckpt_path))
     cli = PipelineCLI(args=["--config", cfg, "--ckpt_path", ckpt_path], mode="evaluate")
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]

@@ -13,31 +13,13 @@ from pathlib import Path
 
 import torch
 
-from pipeline.cli import PipelineCLI, main, run_config_for
-
-
-class _LoadCLI(PipelineCLI):
-    """PipelineCLI in evaluate mode, minus one clash: evaluate mode turns ``trainer.enable_checkpointing`` off while
-    the ``checkpoint:`` group still hands the Trainer a ModelCheckpoint, which Lightning refuses. PipelineCLI drops
-    that callback right after building the Trainer anyway. (Remove once main's cli.py handles it.)"""
-
-    def before_instantiate_classes(self) -> None:
-        super().before_instantiate_classes()
-        self.config.trainer.enable_checkpointing = True
+from pipeline.cli import main
+from pipeline.predict import load_for_inference
 
 
 def load_translator(ckpt_path: str) -> tuple[torch.nn.Module, object]:
     """The trained task module (eval mode) and its DataModule, from a checkpoint inside a run directory."""
-    config = run_config_for(ckpt_path)
-    run_dir = config.parent
-    args = ["--config", str(config)]
-    for name, key in (("tokenizer.model", "tokenizer"), ("tgt_tokenizer.model", "tgt_tokenizer")):
-        if (run_dir / name).is_file():  # never retrain a tokenizer: use the run's own
-            args += [f"--data.init_args.{key}.model_path", str(run_dir / name)]
-    cli = _LoadCLI(args=args, mode="evaluate")
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    cli.model.load_state_dict(state["state_dict"])
-    cli.model.eval()
+    cli = load_for_inference(ckpt_path)
     return cli.model, cli.datamodule
 
 
@@ -48,9 +30,6 @@ def run(argv: list[str] | None = None) -> None:
     parser.add_argument("--length_penalty", type=float, default=None, help="Beam length penalty alpha.")
     parser.add_argument("--batch_size", type=int, default=64, help="Sentences decoded together.")
     opts = parser.parse_args(argv)
-    sys.argv = sys.argv[
-        :1
-    ]  # parsed here; LightningCLI warns when it sees command-line arguments beside args=
     if not Path(opts.ckpt_path).is_file():
         raise FileNotFoundError(f"--ckpt_path {opts.ckpt_path}: no such checkpoint file.")
     task, datamodule = load_translator(opts.ckpt_path)

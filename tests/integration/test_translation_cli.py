@@ -59,6 +59,13 @@ def test_each_cell_trains_a_few_steps(cell: str, tmp_path: Path) -> None:
         rows = json.loads(tables[0].read_text())
         assert rows["columns"] == ["step", "source", "reference", "hypothesis"] and rows["data"]
         assert len(list(media.glob("offline-run-*/files/media/images/val/attention_*.png"))) == 2
+        # pipeline.evaluate scores a named split and prints the metrics as JSON on the last line
+        ev = run_cli(
+            "pipeline.evaluate", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--split", "test_2017_flickr",
+            "--trainer.limit_val_batches", "1", tmp_path=tmp_path, env=env(tmp_path),
+        )  # fmt: skip
+        scores = json.loads(ev.stdout.strip().splitlines()[-1])
+        assert {"val_bleu", "val_chrf", "val_loss"} <= set(scores) and 0 <= scores["val_bleu"] <= 100
 
 
 def test_mismatched_parallel_files_stop_before_training_with_their_message(tmp_path: Path) -> None:
