@@ -185,7 +185,20 @@ class PipelineCLI(LightningCLI):
         self.trainer.fit(
             self.model, self.datamodule, ckpt_path=str(self.resume_from) if self.resume_from else None
         )
+        self.save_final()
         self.report_end()
+
+    def save_final(self) -> None:
+        """Training stopped between checkpoint intervals (max_time, max_steps, the data ran out): write last.ckpt so
+        the run can be evaluated or continued from where it really ended."""
+        callback = self.trainer.checkpoint_callback
+        if (
+            isinstance(callback, ModelCheckpoint)
+            and callback.dirpath
+            and not self.trainer.interrupted
+            and callback._last_global_step_saved < self.trainer.global_step
+        ):
+            self.trainer.save_checkpoint(Path(callback.dirpath) / "last.ckpt")
 
     def _share_cpu(self) -> None:
         """Several CPU processes on one machine (DDP on CPU): give each its share of the cores, not all of them.
