@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -202,18 +203,29 @@ class LMStreamData(StreamDataModule):
                 line.append(int(i))
         return "\n".join([*out, sp.decode(line)])
 
-    def char_lengths(self) -> torch.Tensor | None:
-        """Characters per token id (V,), for bits per character; None for characters (1 each)."""
+    def count_chars(self) -> Callable[[torch.Tensor, torch.Tensor], int] | None:
+        """For subwords: ``(tokens, targets) -> characters`` the targets stand for (None for characters: 1 each).
+
+        A piece counts its characters with the word-boundary mark as a space, except the mark sentencepiece puts
+        before the first piece of a line (that target follows an EOS), which stands for nothing in the text.
+        """
         if self.tokenizer is None:
             return None
-        sp = self.prepare_tokenizer()
-        pieces = [sp.sp.id_to_piece(i) for i in range(sp.size)]
-        lengths = [
-            0 if sp.sp.is_control(i) else 1 if sp.sp.is_unknown(i) else len(p.replace("\u2581", " "))
-            for i, p in enumerate(pieces)
-        ]
+        sp = self.prepare_tokenizer().sp
+        pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+        lengths = torch.tensor(
+            [
+                0 if sp.is_control(i) else 1 if sp.is_unknown(i) else len(p.replace("\u2581", " "))
+                for i, p in enumerate(pieces)
+            ]
+        )
         lengths[EOS] = 1  # the newline
-        return torch.tensor(lengths, dtype=torch.long)
+        marked = torch.tensor([p.startswith("\u2581") for p in pieces])
+
+        def count(tokens: torch.Tensor, targets: torch.Tensor) -> int:
+            return int(lengths[targets].sum() - (marked[targets] & (tokens == EOS)).sum())
+
+        return count
 
     def ids(self, split: str) -> torch.Tensor:
         if split not in self._ids:
@@ -246,7 +258,7 @@ class LMStreamData(StreamDataModule):
             self._epoch,
             train=train,
             seed=self.seed,
-            char_lengths=self.char_lengths(),
+            count_chars=self.count_chars(),
             name=split,
         )
         n = self.ids(split).numel()

@@ -59,7 +59,8 @@ class WindowLoader:
         train: Random per-epoch offset, whole windows only, and the resume position; else offset 0 and a last,
             shorter window.
         seed: Seed of the per-epoch offset.
-        char_lengths: Characters per token id (V,), to count characters per batch (bits per character).
+        count_chars: ``(tokens, targets) -> characters`` the targets cover, for bits per character; None: one
+            character per token.
         name: The split, for messages.
     """
 
@@ -71,12 +72,12 @@ class WindowLoader:
         epoch_fn: Callable[[], int],
         train: bool,
         seed: int = 0,
-        char_lengths: torch.Tensor | None = None,
+        count_chars: Callable[[torch.Tensor, torch.Tensor], int] | None = None,
         name: str = "corpus",
     ) -> None:
         self.ids, self.batch_size, self.bptt = ids, batch_size, bptt
         self.epoch_fn, self.train, self.seed = epoch_fn, train, seed
-        self.char_lengths, self.name = char_lengths, name
+        self.count_chars, self.name = count_chars, name
         self.resume_at: tuple[int, int] | None = None  # (epoch, batches already consumed in it)
         _, world = rank_world()
         n_rows = world * batch_size
@@ -129,9 +130,7 @@ class WindowLoader:
             end = min(start + self.bptt, self.row_length - 1)
             tokens = rows[:, start:end].long()  # (B, T)
             targets = rows[:, start + 1 : end + 1].long()  # (B, T)
-            n_chars = (
-                int(self.char_lengths[targets].sum()) if self.char_lengths is not None else targets.numel()
-            )
+            n_chars = self.count_chars(tokens, targets) if self.count_chars is not None else targets.numel()
             batch = {
                 "tokens": tokens,
                 "targets": targets,
