@@ -22,13 +22,11 @@ def test_consecutive_windows_continue_the_same_streams():
     out = batches(loader)
     assert len(out) == len(loader) > 2
     for a, b in zip(out, out[1:], strict=False):
-        assert torch.equal(
-            a["targets"][:, -1], b["tokens"][:, 0]
-        )  # the next window starts where this one ended
+        # the next window starts where this one ended
+        assert torch.equal(a["targets"][:, -1], b["tokens"][:, 0])
     for b in out:
-        assert (
-            b["tokens"].shape == b["targets"].shape == (4, 10)
-        )  # equal batches: the carried state always fits
+        # equal batches: the carried state always fits
+        assert b["tokens"].shape == b["targets"].shape == (4, 10)
         assert torch.equal(b["targets"], b["tokens"] + 1)  # targets are the next token
     rows = torch.cat([b["tokens"] for b in out], dim=1)  # (B, n*bptt): each row one contiguous piece of text
     assert torch.equal(rows[:, 1:] - rows[:, :-1], torch.ones_like(rows[:, 1:]))
