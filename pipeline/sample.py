@@ -18,7 +18,7 @@ from pipeline.cli import PipelineCLI, main, run_config_for
 from pipeline.data.faults import DataError
 
 
-class _SampleCLI(PipelineCLI):
+class InferenceCLI(PipelineCLI):
     # The spine's evaluate mode turns checkpointing off while the `checkpoint:` group still adds a ModelCheckpoint,
     # which Lightning refuses; keep it on here (PipelineCLI drops the ModelCheckpoint outside fit anyway).
     def before_instantiate_classes(self) -> None:
@@ -35,7 +35,7 @@ def load(ckpt_path: str, config: str | None = None) -> PipelineCLI:
         args += ["--data.init_args.vocab_file", str(run_dir / "vocab.json")]
     if (run_dir / "tokenizer.model").is_file():
         args += ["--data.init_args.tokenizer.model_path", str(run_dir / "tokenizer.model")]
-    cli = _SampleCLI(args=args, mode="evaluate")
+    cli = InferenceCLI(args=args, mode="evaluate")
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
     cli.model.load_state_dict(state)
     cli.model.eval()
