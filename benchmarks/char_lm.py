@@ -34,6 +34,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# OpenMP threads that spin while waiting collapse when the cores are shared: on the 2-core machine with other jobs
+# running, 2 spinning threads trained at 523 chars/s, 2 passive ones at 10,658 and 1 thread at 6,825 (same minute).
+# It must be set before torch starts its OpenMP runtime, i.e. before the import below.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
@@ -58,12 +62,19 @@ class WallClockMarks(pl.Callback):
         schedule_time: Set the learning rate from the elapsed share of the budget (warm-up, then cosine).
         warmup_steps: Optimizer steps of linear warm-up (time schedule only).
         min_factor: Final learning rate as a share of the peak (time schedule only).
+        log_every: Minutes between progress lines on stderr.
     """
 
     def __init__(
-        self, marks: list[float], schedule_time: bool, warmup_steps: int = 50, min_factor: float = 0.1
+        self,
+        marks: list[float],
+        schedule_time: bool,
+        warmup_steps: int = 50,
+        min_factor: float = 0.1,
+        log_every: float = 0.5,
     ) -> None:
-        self.marks, self.schedule_time = sorted(marks), schedule_time
+        self.marks, self.schedule_time, self.log_every = sorted(marks), schedule_time, log_every
+        self.next_log, self.train_ema = log_every, None
         self.warmup_steps, self.min_factor = warmup_steps, min_factor
         self.results: list[dict] = []
         self.t0 = self.cpu0 = 0.0
@@ -92,6 +103,19 @@ class WallClockMarks(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: dict, batch_idx: int) -> None:
         self.chars += int(batch["n_chars"])
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs  # this batch's training loss
+        if loss is not None:
+            self.train_ema = (
+                float(loss) if self.train_ema is None else 0.95 * self.train_ema + 0.05 * float(loss)
+            )
+        if self.elapsed() >= 60.0 * self.next_log:
+            self.next_log += self.log_every
+            print(
+                f"[benchmark] {self.elapsed() / 60:.1f} min: step {trainer.global_step}, train loss (ema) "
+                f"{self.train_ema:.3f}, {self.chars / self.elapsed():,.0f} chars/s",
+                file=sys.stderr,
+                flush=True,
+            )
         if not self.marks[len(self.results) :] or self.elapsed() < 60.0 * self.marks[len(self.results)]:
             return
         minute = self.marks[len(self.results)]
@@ -103,7 +127,7 @@ class WallClockMarks(pl.Callback):
                 "minutes": minute,
                 "val_loss": round(scores["nats_per_char"], 4),
                 "val_bpc": round(scores["bpc"], 4),
-                "train_loss": round(float(outputs), 4) if torch.is_tensor(outputs) else None,
+                "train_loss_ema": round(self.train_ema, 4) if self.train_ema is not None else None,
                 "optimizer_steps": trainer.global_step,
                 "epoch": trainer.current_epoch,
                 "chars_trained": self.chars,
@@ -168,6 +192,7 @@ def run(argv: list[str] | None = None) -> dict:
         "--quick", action="store_true", help="2 minutes, marks at 1 and 2; writes char_lm.quick.*"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, = cores)")
+    parser.add_argument("--log_every", type=float, default=0.5, help="minutes between progress lines")
     parser.add_argument("--schedule", choices=["time", "config"], default="time")
     parser.add_argument("--warmup_steps", type=int, default=50, help="warm-up of the time schedule, in steps")
     parser.add_argument("--runs_dir", default=str(ROOT / "runs"))
@@ -198,7 +223,7 @@ def run(argv: list[str] | None = None) -> dict:
     if args.schedule == "time":
         fit_args += ["--model.init_args.scheduler", "null"]
     cli = PipelineCLI(args=fit_args + args.extra, mode="fit")
-    marks_cb = WallClockMarks(marks, args.schedule == "time", args.warmup_steps)
+    marks_cb = WallClockMarks(marks, args.schedule == "time", args.warmup_steps, log_every=args.log_every)
     cli.trainer.callbacks.append(marks_cb)
     load_start = os.getloadavg()[0]
     setup_s = time.perf_counter() - start
@@ -217,6 +242,7 @@ def run(argv: list[str] | None = None) -> dict:
             "threads": torch.get_num_threads(),
             "load_start": round(load_start, 2),
             "load_end": round(os.getloadavg()[0], 2),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "torch": torch.__version__,
             "precision": str(cli.trainer.precision),
         },

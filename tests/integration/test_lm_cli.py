@@ -33,8 +33,8 @@ def test_each_cell_trains_from_the_cli(cell, tmp_path, runs):
     metrics = final_metrics(proc)
     assert metrics["val_loss"] < math.log(66)  # better than uniform over the 66 ids after 4 steps
     weights = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    assert any(k.startswith("network.rnn.") for k in weights)
-    assert weights["network.rnn.weight_hh_l0"].size(0) == {"rnn": 1, "gru": 3}[cell] * 32
+    assert any(k.startswith("network.layers.") for k in weights)
+    assert weights["network.layers.0.weight_hh_l0"].size(0) == {"rnn": 1, "gru": 3}[cell] * 32
 
 
 def test_lstm_run_samples_and_scores_in_bits_per_character(tmp_path, runs, monkeypatch):

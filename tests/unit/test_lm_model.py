@@ -33,3 +33,16 @@ def test_tied_weights_share_one_matrix(embedding_dim):
 def test_an_unknown_cell_is_one_sentence():
     with pytest.raises(ValueError, match="unknown cell type 'lstmm'"):
         RNNLanguageModel(20, cell="lstmm")
+
+
+def test_locked_dropout_shares_one_mask_across_time_steps():
+    from pipeline.models.language_model import locked_dropout
+
+    x = torch.ones(4, 50, 8)
+    out = locked_dropout(x, 0.5, training=True)
+    assert torch.equal(out, out[:, :1].expand_as(out))  # every step of a sequence: the same mask
+    assert set(out.unique().tolist()) <= {0.0, 2.0} and (out == 0).any()
+    assert torch.equal(locked_dropout(x, 0.5, training=False), x)
+    model = RNNLanguageModel(20, embedding_dim=6, hidden_size=10, dropout=0.5).eval()
+    tokens = torch.randint(0, 20, (2, 9))
+    assert torch.equal(model(tokens)[0], model(tokens)[0])  # no dropout outside training
