@@ -69,7 +69,7 @@ class WallClockMarks(pl.Callback):
         self,
         marks: list[float],
         schedule_time: bool,
-        warmup_steps: int = 50,
+        warmup_steps: int = 10,
         min_factor: float = 0.1,
         log_every: float = 0.5,
     ) -> None:
@@ -194,7 +194,7 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, = cores)")
     parser.add_argument("--log_every", type=float, default=0.5, help="minutes between progress lines")
     parser.add_argument("--schedule", choices=["time", "config"], default="time")
-    parser.add_argument("--warmup_steps", type=int, default=50, help="warm-up of the time schedule, in steps")
+    parser.add_argument("--warmup_steps", type=int, default=10, help="warm-up of the time schedule, in steps")
     parser.add_argument("--runs_dir", default=str(ROOT / "runs"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("extra", nargs="*", help="more pipeline.fit arguments (after --)")

@@ -159,6 +159,8 @@ class LMStreamData(StreamDataModule):
     # --- tokens -----------------------------------------------------------------------------------------------
     def prepare_tokenizer(self) -> Tokenizer:
         assert self.tokenizer is not None
+        if self.tokenizer._sp is None and self.tokenizer.model_path:  # a trained model: no need for the corpus
+            self.tokenizer.load(self.tokenizer.model_path)
         if self.tokenizer._sp is None:
             path = self.train_source.hub or ";".join(
                 f"{f}:{os.path.getsize(f)}:{int(os.path.getmtime(f))}" for f in self.train_source.files()

@@ -114,7 +114,9 @@ class LanguageModelTask(TBPTTTask):
 
     def on_validation_epoch_end(self) -> None:
         datamodule = self.trainer.datamodule
-        if self.trainer.sanity_checking or not self.sample_length or datamodule is None:
+        if self.trainer.state.fn != "fit" or self.trainer.sanity_checking or not self.sample_length:
+            return  # samples belong to training runs; pipeline.evaluate only scores
+        if datamodule is None:
             return
         if self.global_rank != 0:
             return

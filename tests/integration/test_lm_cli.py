@@ -21,20 +21,32 @@ def final_metrics(proc) -> dict:
     return json.loads(line.split("final validation metrics:", 1)[1])
 
 
-@pytest.mark.parametrize("cell", ["rnn", "gru"])
-def test_each_cell_trains_from_the_cli(cell, tmp_path, runs):
+@pytest.mark.parametrize("cell,tokens", [("rnn", "subwords"), ("gru", "chars")])
+def test_each_cell_trains_from_the_cli(cell, tokens, tmp_path, runs, monkeypatch):
+    subwords = ["--data.init_args.tokenizer", "{model_type: bpe, vocab_size: 300, sample_size: 5000}"]
     proc = run_cli(
         "pipeline.fit", "--config", "configs/debug/lm.yaml", "--runs_dir", str(runs), *FAST,
         "--trainer.logger", "false", "--model.init_args.network.init_args.cell", cell,
+        *(subwords if tokens == "subwords" else []),
         tmp_path=tmp_path,
     )  # fmt: skip
     run = run_dir_of(proc)
-    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "vocab.json").is_file()
+    artifact = {"chars": "vocab.json", "subwords": "tokenizer.model"}[tokens]
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / artifact).is_file()
     metrics = final_metrics(proc)
-    assert metrics["val_loss"] < math.log(66)  # better than uniform over the 66 ids after 4 steps
+    vocab = {"chars": 66, "subwords": 300}[tokens]
+    assert metrics["val_loss"] < math.log(vocab)  # better than uniform after 4 steps
     weights = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    assert any(k.startswith("network.layers.") for k in weights)
+    assert weights["network.decoder.weight"].size(0) == vocab
     assert weights["network.layers.0.weight_hh_l0"].size(0) == {"rnn": 1, "gru": 3}[cell] * 32
+    if tokens == "subwords":  # bits per character divide by the characters, not by the (fewer) pieces
+        assert metrics["val_bpc"] < metrics["val_loss"] / math.log(2)
+        from pipeline.sample import run as sample
+
+        monkeypatch.setenv("PIPELINE_DATA", str(tmp_path / "nowhere"))  # the run's tokenizer.model suffices
+        text = sample(["--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--prime", "ROMEO:\nO", "--length",
+                       "20", "--seed", "0"])  # fmt: skip
+        assert isinstance(text, str) and text
 
 
 def test_lstm_run_samples_and_scores_in_bits_per_character(tmp_path, runs, monkeypatch):
