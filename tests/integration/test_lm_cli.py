@@ -81,9 +81,16 @@ def test_lstm_run_samples_and_scores_in_bits_per_character(tmp_path, runs, monke
     out = run_cli("pipeline.sample", *args, tmp_path=tmp_path, env=env).stdout
     assert out.startswith("ROMEO:") and len(out.rstrip("\n")) == len("ROMEO:") + 60
 
-    # the same code in this process (faster than more subprocesses): seeds, greedy, a bad prime
+    # the same code in this process (faster than more subprocesses): what pipeline.evaluate does (validate the
+    # checkpoint: bits per character), then seeds, greedy, a bad prime
     from pipeline.data.faults import DataError
+    from pipeline.sample import load
     from pipeline.sample import run as sample
+
+    cli = load(str(ckpt))
+    scores = cli.trainer.validate(cli.model, cli.datamodule, verbose=False)[0]
+    assert scores["val_bpc"] == pytest.approx(scores["val_loss"] / math.log(2), rel=1e-4)
+    assert scores["val_loss"] == pytest.approx(metrics["val_loss"], rel=1e-4)  # the run's last validation
 
     monkeypatch.setenv("PIPELINE_DATA", str(tmp_path / "nowhere"))
     assert "ROMEO:" + sample(args) + "\n" == out  # the same seed gives the same text
