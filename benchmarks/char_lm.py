@@ -145,6 +145,16 @@ class WallClockMarks(pl.Callback):
             trainer.should_stop = True
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def markdown(report: dict) -> str:
     rows = [
         "| minutes | val loss (nats/char) | bits/char | chars trained | chars/s | optimizer steps | epochs |",
@@ -156,12 +166,16 @@ def markdown(report: dict) -> str:
             f"{r['chars_per_s']:,} | {r['optimizer_steps']} | {r['epoch'] + 1} |"
         )
     base = report["baseline"]
+    budget = f"{report['budget_minutes']:g} minutes"
+    title = f"quick check ({budget}), not the benchmark" if report["quick"] else f"{budget} of wall time"
     return "\n".join(
         [
-            f"# Character-level LM on Tiny Shakespeare ({report['config']})",
+            f"# Character-level LM on Tiny Shakespeare: {report['config']}, {title}",
             "",
-            f"Machine: {report['machine']['cpu']}, {report['machine']['threads']} torch thread(s), load average "
-            f"{report['machine']['load_start']} at start; setup {report['setup_s']} s (not in the clock).",
+            f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, {report['machine']['threads']} "
+            f"torch thread(s), {report['machine']['precision']}, OMP_WAIT_POLICY={report['machine']['omp_wait_policy']}, "
+            f"load average {report['machine']['load_start']} at start, {report['machine']['load_end']} at the end "
+            f"(other jobs on the machine slow it down); setup {report['setup_s']} s (not in the clock).",
             f"Learning-rate schedule: {report['schedule']}. Target: val loss <= {TARGET} within 15 minutes: "
             f"{'reached at ' + str(report['target_reached_at_minutes']) + ' min' if report['target_reached_at_minutes'] else 'not reached'}.",
             "",
@@ -237,7 +251,7 @@ def run(argv: list[str] | None = None) -> dict:
         "budget_minutes": args.minutes,
         "quick": args.quick,
         "machine": {
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "threads": torch.get_num_threads(),
             "load_start": round(load_start, 2),
