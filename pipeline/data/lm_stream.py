@@ -112,9 +112,8 @@ class LMStreamData(StreamDataModule):
         """The source as one text. Blank lines are text here, not faults; undecodable lines are skipped and counted."""
         lines: list[str] = []
         local_text = not source.hub and all(f.endswith((".txt", ".txt.gz")) for f in source.files())
-        if (
-            local_text
-        ):  # our own line reader, without the datasets machinery (40k lines: 50 ms instead of 3 s)
+        # plain text files: our own line reader, without the datasets machinery (40k lines: 50 ms instead of 3 s)
+        if local_text:
             records = read_records(source.files(), "text", ("text",), None, str(data_root()))
             column = "text"
         else:
@@ -159,7 +158,8 @@ class LMStreamData(StreamDataModule):
     # --- tokens -----------------------------------------------------------------------------------------------
     def prepare_tokenizer(self) -> Tokenizer:
         assert self.tokenizer is not None
-        if self.tokenizer._sp is None and self.tokenizer.model_path:  # a trained model: no need for the corpus
+        # an already trained model: load it, without reading the corpus (sampling from a run directory)
+        if self.tokenizer._sp is None and self.tokenizer.model_path:
             self.tokenizer.load(self.tokenizer.model_path)
         if self.tokenizer._sp is None:
             path = self.train_source.hub or ";".join(

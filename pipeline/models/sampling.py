@@ -30,9 +30,8 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     if top_p is not None and 0.0 < top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop = (
-            cumulative - sorted_logits.softmax(-1) >= top_p
-        )  # the mass before this token already reached top_p
+        # drop a token when the mass of the tokens before it already reached top_p
+        drop = cumulative - sorted_logits.softmax(-1) >= top_p
         drop[..., 0] = False
         logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
     return logits
@@ -77,9 +76,8 @@ def generate(
         generator.manual_seed(seed)
     else:
         generator.seed()
-    logits, state = step(
-        torch.tensor([prime], device=device), None
-    )  # (1, P, V): read the whole prime at once
+    # read the whole prime at once: logits (1, P, V)
+    logits, state = step(torch.tensor([prime], device=device), None)
     out: list[int] = []
     for _ in range(length):
         token = choose(logits[:, -1], temperature, top_k, top_p, greedy, generator)  # (1,)

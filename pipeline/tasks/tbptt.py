@@ -114,7 +114,12 @@ class TBPTTTask(SequenceTask):
         raise NotImplementedError
 
     def time_steps(self, batch: dict) -> int:
+        """T, the batch's length in time steps (override when the batch has no ``tokens`` (B, T, ...))."""
         return batch["tokens"].size(1)
+
+    def batch_size_of(self, batch: dict) -> int:
+        """B, the number of sequences the batch holds (override like :meth:`time_steps`)."""
+        return batch["tokens"].size(0)
 
     # --- the training step ------------------------------------------------------------------------------------
     def starts_streams(self, batch: dict) -> bool:
@@ -125,7 +130,7 @@ class TBPTTTask(SequenceTask):
         """The state a batch starts from: the carried one, unless the streams begin here or the batch size changed."""
         if not self.carry_state or carried is None or self.starts_streams(batch):
             return None
-        return carried if state_batch_size(carried) == batch["tokens"].size(0) else None
+        return carried if state_batch_size(carried) == self.batch_size_of(batch) else None
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         losses: list[tuple[torch.Tensor, int]] = []
