@@ -171,3 +171,19 @@ def test_a_skipped_step_drops_the_state_that_produced_it():
 
     truncated_bptt(fn, T, T // 2, None, on_loss)
     assert seen[0] is True and seen[2] is True  # the second window starts from zeros again
+
+
+def test_the_task_carries_the_state_across_batches_until_the_streams_restart():
+    from pipeline.tasks.language_model import LanguageModelTask
+
+    net = model("lstm")
+    task = LanguageModelTask(network=net)
+    _, carried = net(torch.zeros(4, 3, dtype=torch.long))
+    batch = {"tokens": torch.zeros(4, 5, dtype=torch.long), "reset": False}
+    assert task.start_state(batch, carried) is carried
+    assert task.start_state({**batch, "reset": True}, carried) is None  # an epoch's first window: zeros
+    assert task.start_state({"tokens": torch.zeros(3, 5, dtype=torch.long)}, carried) is None  # another B
+    assert task.start_state({"tokens": batch["tokens"], "position": (2, 1)}, carried) is None  # spine loaders
+    assert task.start_state({"tokens": batch["tokens"], "position": (2, 7)}, carried) is carried
+    independent = LanguageModelTask(network=net, carry_state=False)  # e.g. separate video clips
+    assert independent.start_state(batch, carried) is None
