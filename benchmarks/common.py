@@ -23,6 +23,9 @@ def machine() -> dict:
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu x{os.cpu_count()}",
         "python": platform.python_version(),
         "host": platform.node(),
+        "torch_threads": int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())),
+        # other work on the machine during the run skews wall-clock figures: recorded with them
+        "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()],
     }
 
 

@@ -111,6 +111,8 @@ class PipelineCLI(LightningCLI):
                 for key in ("tokenizer", "tgt_tokenizer"):
                     if (run_dir / f"{key}.model").is_file() and init.get(key) is not None:
                         init[key].model_path = str(run_dir / f"{key}.model")
+                if (run_dir / "vocab.json").is_file() and "vocab_file" in init:  # character vocabularies
+                    init.vocab_file = str(run_dir / "vocab.json")
             return
         configs = cfg.get("config") or []
         experiment = cfg.experiment or (Path(str(configs[-1])).stem if configs else "default")

@@ -10,36 +10,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-import torch
-
-from pipeline.cli import PipelineCLI, main, run_config_for
+from pipeline.cli import main
 from pipeline.data.faults import DataError
+from pipeline.predict import load_for_inference
 
 
-class InferenceCLI(PipelineCLI):
-    # The spine's evaluate mode turns checkpointing off while the `checkpoint:` group still adds a ModelCheckpoint,
-    # which Lightning refuses; keep it on here (PipelineCLI drops the ModelCheckpoint outside fit anyway).
-    def before_instantiate_classes(self) -> None:
-        super().before_instantiate_classes()
-        self.config.trainer.enable_checkpointing = True
-
-
-def load(ckpt_path: str, config: str | None = None) -> PipelineCLI:
+def load(ckpt_path: str, config: str | None = None):
     """Rebuild the run's model and data module (vocabulary from the run directory) and load the weights."""
-    cfg = Path(config) if config else run_config_for(ckpt_path)
-    run_dir = Path(ckpt_path).resolve().parent.parent
-    args = ["--config", str(cfg), "--ckpt_path", str(ckpt_path)]
-    if (run_dir / "vocab.json").is_file():
-        args += ["--data.init_args.vocab_file", str(run_dir / "vocab.json")]
-    if (run_dir / "tokenizer.model").is_file():
-        args += ["--data.init_args.tokenizer.model_path", str(run_dir / "tokenizer.model")]
-    cli = InferenceCLI(args=args, mode="evaluate")
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
-    cli.model.load_state_dict(state)
-    cli.model.eval()
-    return cli
+    return load_for_inference(ckpt_path, config)
 
 
 def run(argv: list[str] | None = None) -> str:

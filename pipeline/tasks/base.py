@@ -4,8 +4,9 @@ All tasks use manual optimization so that there is exactly one optimizer-step pa
 (one step per batch) and by truncated BPTT (one step per window, :mod:`pipeline.tasks.tbptt`). Consequences users can
 rely on:
 
-- ``trainer.global_step`` counts optimizer steps (windows under TBPTT, batches otherwise); ``max_steps`` and the x-axis
-  of the logged ``train/*`` curves are in the same unit;
+- ``trainer.global_step`` and ``max_steps`` count optimizer steps (windows under TBPTT, batches otherwise). The x-axis
+  of the logged curves (Lightning's logging step) counts batches: the same unit when a batch is one step, and under
+  TBPTT the task also logs ``train/optimizer_steps`` (see :mod:`pipeline.tasks.tbptt`);
 - clipping is set here (``model.clip_norm``), not with ``trainer.gradient_clip_val``, which Lightning forbids with
   manual optimization; it goes through ``self.clip_gradients`` and so through the precision plugin (AMP unscaling);
 - a step whose loss or gradient norm is NaN/Inf is skipped: no parameter or optimizer state changes, it is counted
