@@ -101,10 +101,10 @@ def test_lstm_run_samples_and_scores_in_bits_per_character(tmp_path, runs, monke
 
 
 def test_every_lm_config_builds(tmp_path):
-    from pipeline.sample import InferenceCLI
+    from pipeline.cli import PipelineCLI
 
     for config in ["configs/debug/lm.yaml", "configs/lm/shakespeare_char_lstm.yaml"]:
-        cli = InferenceCLI(args=["--config", str(ROOT / config)], mode="evaluate")
+        cli = PipelineCLI(args=["--config", str(ROOT / config)], mode="evaluate")
         net = cli.model.network
         assert net.vocab_size == cli.datamodule.vocab_size == 66
         assert cli.datamodule.bptt > 0 and re.match(r"(rnn|lstm|gru)$", net.cell)
