@@ -194,17 +194,18 @@ class ClipData(StreamDataModule):
 
     def collate(self, examples: list[dict]) -> dict:
         lengths = torch.tensor([len(e["frames"]) for e in examples], dtype=torch.long)
-        first = examples[0]["frames"]
-        frames = first.new_zeros((len(examples), int(lengths.max()), *first.shape[1:]))
-        for i, e in enumerate(examples):
-            if e["frames"].shape[1:] != first.shape[1:]:
+        clips = [self.normalize(e["frames"]) for e in examples]  # each (T_i, *frame)
+        first = clips[0]
+        frames = first.new_zeros((len(clips), int(lengths.max()), *first.shape[1:]))  # padding stays 0
+        for i, c in enumerate(clips):
+            if c.shape[1:] != first.shape[1:]:
                 raise DataError(
-                    f"clips of one batch have frames of shape {tuple(first.shape[1:])} and "
-                    f"{tuple(e['frames'].shape[1:])}; set data.size so that every clip is resized to one size."
+                    f"clips of one batch have frames of shape {tuple(first.shape[1:])} and {tuple(c.shape[1:])}; "
+                    f"set data.size so that every clip is resized to one size."
                 )
-            frames[i, : len(e["frames"])] = e["frames"]
+            frames[i, : len(c)] = c
         batch = {
-            "frames": self.normalize(frames),  # (B, T, C, H, W) images or (B, T, F) features
+            "frames": frames,  # (B, T, C, H, W) images or (B, T, F) features, normalised
             "lengths": lengths,  # (B,)
             "labels": torch.tensor([e["label"] for e in examples], dtype=torch.long),  # (B,)
             "n_frames": int(lengths.sum()),

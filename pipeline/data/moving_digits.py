@@ -17,7 +17,8 @@ Labels (written to ``DIR/<split>/metadata.jsonl``, one JSON object per clip):
   when the digit bounces. One frame shows a position, not a direction: the model must compare frames.
 - ``class``: ``"<digit>-<direction of frame 0>"``; ``label`` is its index, ``digit * 4 + direction``, which is also its
   position in the sorted list of the 40 class names (:func:`class_names`).
-- ``digit_index``: the digit's index in the MNIST file, so tests can check that the splits share no image.
+- ``digit_index``: the digit's index in the MNIST file, so tests can check that the splits share no image;
+  ``positions``: the digit's top-left (x, y) in every frame, so a clip can be re-rendered and compared.
 
 Videos are H.264 in mp4 (libx264, ``crf 0``, yuv444p: lossless in YUV; decoding back to gray differs from the written
 pixels by at most 1 grey level, from the limited-range conversion).
@@ -172,6 +173,7 @@ def generate_split(
                 "direction": dirs[0],
                 "frame_labels": " ".join(map(str, dirs)),
                 "digit_index": int(index),
+                "positions": positions.tolist(),  # top-left (x, y) of the digit in every frame
                 "frames": frames,
                 "size": size,
                 "fps": fps,

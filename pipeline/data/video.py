@@ -349,7 +349,7 @@ class VideoData(ClipData):
         return self.normalize(torch.from_numpy(frames)[None]), torch.tensor([len(frames)])
 
     def normalize(self, frames: torch.Tensor) -> torch.Tensor:
-        return (frames.float() / 255.0 - self.mean) / self.std  # (B, T, C, H, W)
+        return (frames.float() / 255.0 - self.mean) / self.std  # (..., C, H, W)
 
     def denormalize(self, frames: torch.Tensor) -> np.ndarray:
         pixels = (frames.detach().cpu().float() * self.std + self.mean) * 255.0

@@ -100,6 +100,10 @@ class VideoClassifier(nn.Module):
         self, x: torch.Tensor, lengths: torch.Tensor, state: State | None = None
     ) -> tuple[torch.Tensor, State]:
         """Frame vectors (B, T, E) -> RNN outputs (B, T, D*H) and the final state (taken at each true end)."""
+        if bool(
+            (lengths == x.size(1)).all()
+        ):  # no padding (fixed-length clips): packing would only cost time,
+            return self.rnn(x, state)  # about 2x for a GRU on a CPU
         return run_packed(self.rnn, x, lengths, state)
 
     def clip_logits(self, out: torch.Tensor, lengths: torch.Tensor, state: State) -> torch.Tensor:
