@@ -105,7 +105,7 @@ def test_natops_config_trains_one_epoch(tmp_path):
 @pytest.mark.parametrize(
     ("config", "max_steps"),
     [
-        ("configs/video/moving_digits_lstm.yaml", 4000),
+        ("configs/video/moving_digits_lstm.yaml", 6000),
         ("configs/debug/video.yaml", 6),
         ("configs/video/natops_gru.yaml", -1),
     ],
