@@ -16,6 +16,7 @@ Decoding throughput is measured per worker (frames decoded / seconds spent in Py
 
 from __future__ import annotations
 
+import glob
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -113,6 +114,14 @@ class VideoSource(Source):
 
     def files(self) -> list[str]:
         root = self.folder()
+        if root is None and isinstance(self.path, str):
+            pattern = self.path
+            full = pattern if os.path.isabs(pattern) else str(data_root() / pattern)
+            if not glob.glob(full):
+                raise DataError(
+                    f"video metadata or folder '{pattern}' not found; fix the path in the config, or make moving-digits "
+                    f"clips there with `python -m pipeline.data.moving_digits --out <folder>`."
+                )
         if root is None:
             return super().files()
         found = sorted(

@@ -135,3 +135,11 @@ def test_frame_indices():
     assert frame_indices(3, 5, short="skip") is None
     assert frame_indices(10, 4, "stride", 3, short="skip") == [0, 3, 6, 9]
     assert frame_indices(10, 5, "stride", 3, short="skip") is None  # only 4 frames at stride 3
+
+
+def test_missing_metadata_says_how_to_make_clips(tmp_path):
+    dm = VideoData(train=VideoSource(path=str(tmp_path / "nope" / "metadata.jsonl")), labels=["a"])
+    with pytest.raises(
+        DataError, match=r"'.*nope/metadata.jsonl' not found; .*python -m pipeline.data.moving_digits"
+    ):
+        dm.check()
