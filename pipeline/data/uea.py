@@ -202,6 +202,14 @@ class UEAData(ClipData):
     def columns(self) -> dict[str, str]:
         return {"data.series": "series", "data.label": "label"}
 
+    def use_split(self, name: str) -> None:
+        """Score ``name`` instead of the validation split (``pipeline.evaluate --split``): a .ts path, or ``test``
+        for the UEA sibling of the training file (``X_TRAIN.ts`` -> ``X_TEST.ts``), read whole."""
+        path = str(self.train_source.path).replace("_TRAIN", "_TEST") if name == "test" else name
+        self.val_source = UEASource(path=path, part="all")
+        self.val_source.files()  # a clear error now if it does not exist
+        self._val_loader = None
+
     def header(self) -> dict[str, str]:
         return read_header(self.train_source.files()[0])
 

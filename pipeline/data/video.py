@@ -347,6 +347,19 @@ class VideoData(ClipData):
         picked = [source_labels[i] for i in indices] if source_labels is not None else None
         return self.finish(torch.from_numpy(frames), label, picked, where, (decoded, seconds))
 
+    def use_split(self, name: str) -> None:
+        """Score ``name`` instead of the validation split (``pipeline.evaluate --split``): a metadata file or class
+        folder, or a split name (``test``) that sits beside the training split (``<out>/train/metadata.jsonl`` ->
+        ``<out>/test/metadata.jsonl``, the generator's layout)."""
+        train = self.train_source.path
+        path = name
+        if "/" not in name and isinstance(train, str):
+            sibling = Path(train).parent.parent / name / Path(train).name
+            path = str(sibling) if self.train_source.folder() is None else str(Path(train).parent / name)
+        self.val_source = VideoSource(path=path)
+        self.val_source.files()  # a clear error now if it does not exist
+        self._val_loader = None
+
     def load_clip(self, path: str) -> tuple[torch.Tensor, torch.Tensor]:
         """One video file -> network input frames (1, T, C, H, W) and lengths (1,), for prediction."""
         try:

@@ -56,3 +56,10 @@ def test_predict_lines_reads_video_files(data):
     label, prob, frames = lines[0].split("\t")
     assert label in md.class_names() and 0 < float(prob) <= 1
     assert len(frames.split()) == 6 and set(frames.split()) <= set(md.DIRECTIONS)
+
+
+def test_use_split_test_reads_the_generated_test_clips(data):
+    out, dm, _ = data
+    dm.use_split("test")
+    (batch,) = list(dm.val_dataloader())
+    assert batch["ids"] == [f"{out}/test/metadata.jsonl:1"]

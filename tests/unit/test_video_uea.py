@@ -53,3 +53,12 @@ def test_not_a_ts_file(tmp_path):
     (tmp_path / "x.ts").write_text("1,2,3:a\n")
     with pytest.raises(DataError, match="has no @data line"):
         _ = UEAData(train=UEASource(path=str(tmp_path / "x.ts"))).feature_size
+
+
+def test_test_split_is_the_uea_sibling_file():
+    dm = UEAData(
+        train=UEASource(path=TRAIN, part="rest"), val=UEASource(path=TRAIN, part="holdout"), batch_size=64
+    )
+    dm.use_split("test")
+    ids = {i for b in all_batches(dm, val=True) for i in b["ids"]}
+    assert len(ids) == 180 and all(i.startswith("video/natops/NATOPS_TEST.ts:") for i in ids)
