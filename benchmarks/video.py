@@ -104,9 +104,10 @@ def training_log(run: Path) -> dict:
 
 
 @torch.no_grad()
-def evaluate(run: Path, *overrides: str) -> dict:
-    """Accuracy of the run's best checkpoint on the split that ``overrides`` make the validation split."""
-    ckpts = sorted((run / "checkpoints").glob("best-*.ckpt")) or [run / "checkpoints" / "last.ckpt"]
+def evaluate(run: Path, *overrides: str, checkpoint: str = "best") -> dict:
+    """Accuracy of the run's best (or last) checkpoint on the split that ``overrides`` make the validation split."""
+    best = sorted((run / "checkpoints").glob("best-*.ckpt")) if checkpoint == "best" else []
+    ckpts = best or [run / "checkpoints" / "last.ckpt"]
     with tempfile.TemporaryDirectory() as scratch:
         args = [
             "--config",
@@ -116,7 +117,16 @@ def evaluate(run: Path, *overrides: str) -> dict:
             "--trainer.logger=false",
             *overrides,
         ]
-        cli = PipelineCLI(args=args, mode="fit")  # builds model and data as the run did; nothing is trained
+        argv, sys.argv = (
+            sys.argv,
+            sys.argv[:1],
+        )  # our own flags are parsed; LightningCLI warns when it sees them
+        try:
+            cli = PipelineCLI(
+                args=args, mode="fit"
+            )  # builds model and data as the run did; nothing is trained
+        finally:
+            sys.argv = argv
     state = torch.load(ckpts[-1], map_location="cpu", weights_only=False)["state_dict"]
     task, dm = cli.model, cli.datamodule
     task.load_state_dict(state)
@@ -159,18 +169,32 @@ def moving_digits(args, runs: Path, clips: Path, shuffled: bool) -> dict:
 
 
 def natops(args, runs: Path) -> dict:
+    """Per seed: (a) train on 80% of NATOPS_TRAIN, pick the epoch on the 20% holdout, score on NATOPS_TEST;
+    (b) refit on all 180 training sequences with the same settings (60 epochs), score its last checkpoint."""
     seeds = [0] if args.quick else list(range(args.seeds))
+    test = ["--data.init_args.val.path=video/natops/NATOPS_TEST.ts", "--data.init_args.val.part=all"]
     per_seed = []
     for seed in seeds:
         run, wall = fit(NATOPS, "natops_gru", runs, 10, f"--seed_everything={seed}")
-        test = evaluate(
-            run, "--data.init_args.val.path=video/natops/NATOPS_TEST.ts", "--data.init_args.val.part=all"
+        held = evaluate(run, *test)["clip_acc"]
+        refit_run, refit_wall = fit(
+            NATOPS, "natops_gru_all", runs, 10, f"--seed_everything={seed}", "--data.init_args.train.part=all"
         )
+        refit = evaluate(refit_run, *test, checkpoint="last")["clip_acc"]
         per_seed.append({"seed": seed, "wall_s": round(wall), "best_val_acc": training_log(run)["best_val_acc"],
-                         "test_acc": test["clip_acc"], "run": str(run)})  # fmt: skip
-        log(f"natops seed {seed}: test {test['clip_acc']} ({wall:.0f} s)")
-    accs = [r["test_acc"] for r in per_seed]
-    return {"test_acc_mean": round(sum(accs) / len(accs), 4), "test_acc_min": min(accs), "seeds": per_seed}
+                         "test_acc": held, "refit_all_test_acc": refit, "refit_wall_s": round(refit_wall),
+                         "run": str(run), "refit_run": str(refit_run)})  # fmt: skip
+        log(f"natops seed {seed}: test {held} (holdout-selected), {refit} (refit on all 180); {wall:.0f} s")
+
+    def mean(key: str) -> float:
+        return round(sum(r[key] for r in per_seed) / len(per_seed), 4)
+
+    return {
+        "test_acc_mean": mean("test_acc"),
+        "test_acc_min": min(r["test_acc"] for r in per_seed),
+        "refit_all_test_acc_mean": mean("refit_all_test_acc"),
+        "seeds": per_seed,
+    }
 
 
 def table(results: dict) -> str:
@@ -197,8 +221,12 @@ def table(results: dict) -> str:
         ]
     if n:
         per = ", ".join(str(s["test_acc"]) for s in n["seeds"])
+        refit = ", ".join(str(s["refit_all_test_acc"]) for s in n["seeds"])
         rows += [
-            f"| NATOPS test accuracy (mean of {len(n['seeds'])} seeds: {per}) | {n['test_acc_mean']} | >= 0.88 |"
+            f"| NATOPS test accuracy, trained on 144, epoch picked on the 36-sequence holdout (seeds: {per}) | "
+            f"{n['test_acc_mean']} | >= 0.88 (1-NN DTW ~0.88) |",
+            f"| NATOPS test accuracy, same settings refit on all 180 training sequences (seeds: {refit}) | "
+            f"{n['refit_all_test_acc_mean']} | |",
         ]
     return "\n".join(rows) + "\n"
 
