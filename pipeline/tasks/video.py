@@ -1,0 +1,243 @@
+"""Video / frame-sequence classification: a clip loss, a per-frame loss, or both; accuracy for each.
+
+loss = clip_weight * CE(clip logits, clip label) + frame_weight * CE(frame logits, frame labels; padded frames
+ignored). Logged: ``train/loss``, ``train/acc`` (clip), ``train/frame_acc``, ``val_loss``, ``val_acc``,
+``val_frame_acc``; the data side: ``data/decode_fps`` (frames decoded per second by one DataLoader worker) and
+``train/loader_share`` (the share of a training step spent waiting for the batch). With a W&B logger, every
+validation adds a confusion-matrix image and a few validation clips (filmstrips and GIFs) with their true and
+predicted labels.
+
+Clips are trained with full backpropagation through time (20-frame clips need no more). ``tbptt_steps`` is the hook
+for long clips: it is meant to route to the one shared truncated-BPTT loop, :mod:`pipeline.tasks.tbptt`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from pipeline.data.clips import IGNORE
+from pipeline.tasks import video_media
+from pipeline.tasks.base import SequenceTask
+
+
+class VideoTask(SequenceTask):
+    """Train a clip classifier with an optional per-frame head.
+
+    Args:
+        network: The model (``pipeline.models.video_classifier.VideoClassifier``); ``forward(frames, lengths)``
+            returns clip logits (B, K) and per-frame logits (B, T, K_frame) or None.
+        clip_weight: Weight of the clip loss (0: train the per-frame head only).
+        frame_weight: Weight of the per-frame loss (0, or data without per-frame labels: clip loss only).
+        tbptt_steps: Truncated BPTT window in frames for long clips (null: backpropagate through the whole clip).
+            Not available yet: it will route to the shared implementation in ``pipeline.tasks.tbptt``.
+        log_samples: Validation clips drawn for the tracking run after each validation (0: none).
+        optimizer: See :class:`pipeline.tasks.base.SequenceTask`.
+        scheduler: See :class:`pipeline.tasks.base.SequenceTask`.
+        clip_norm: See :class:`pipeline.tasks.base.SequenceTask`.
+        max_nonfinite_steps: See :class:`pipeline.tasks.base.SequenceTask`.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        clip_weight: float = 1.0,
+        frame_weight: float = 1.0,
+        tbptt_steps: int | None = None,
+        log_samples: int = 4,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        clip_norm: float | None = 1.0,
+        max_nonfinite_steps: int = 10,
+    ) -> None:
+        super().__init__(optimizer, scheduler, clip_norm, max_nonfinite_steps)
+        if clip_weight <= 0 and (frame_weight <= 0 or network.frame_head is None):
+            raise ValueError(
+                "model.clip_weight and model.frame_weight leave no loss: give one of them a weight > 0."
+            )
+        if tbptt_steps is not None:
+            # TODO(tbptt): route to the shared truncated-BPTT loop of pipeline.tasks.tbptt (branch `lm`) once it is
+            # merged, instead of writing a second one. The network is ready for it: encode() the frames, then per
+            # window of tbptt_steps frames run(x[:, window], lengths_in_window, detach_state(state)), the per-frame
+            # loss on every window and the clip loss (clip_logits) on the last; one optimizer_step_on per window.
+            # Needs bidirectional: false (a backward pass over the future cannot be truncated).
+            raise NotImplementedError(
+                "model.tbptt_steps needs the shared truncated-BPTT loop (pipeline.tasks.tbptt), which is not merged "
+                "yet; leave it null to backpropagate through whole clips."
+            )
+        self.network = network
+        self.clip_weight, self.frame_weight, self.tbptt_steps = clip_weight, frame_weight, tbptt_steps
+        self.log_samples = log_samples
+        k, kf = (
+            network.head.out_features,
+            network.frame_head.out_features if network.frame_head is not None else 0,
+        )
+        self.train_acc, self.val_acc = (MulticlassAccuracy(k, average="micro") for _ in range(2))
+        if kf:
+            self.train_frame_acc, self.val_frame_acc = (
+                MulticlassAccuracy(kf, average="micro", ignore_index=IGNORE) for _ in range(2)
+            )
+        self.confusion = MulticlassConfusionMatrix(k)
+        self._samples: list[dict] = []
+        self._batch_start: float | None = None
+        self._batch_end: float | None = None
+
+    def forward(self, frames: torch.Tensor, lengths: torch.Tensor):
+        return self.network(frames, lengths)
+
+    def losses(
+        self, batch: dict
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(total loss, clip logits, frame logits, frame labels) of one batch."""
+        clip, frame = self(batch["frames"], batch["lengths"])  # (B, K), (B, T, K_frame) or None
+        loss = self.clip_weight * F.cross_entropy(clip, batch["labels"]) if self.clip_weight > 0 else 0.0
+        frame_labels = batch.get("frame_labels")  # (B, T), IGNORE at padded frames
+        if frame is not None and frame_labels is not None and self.frame_weight > 0:
+            loss = loss + self.frame_weight * F.cross_entropy(
+                frame.reshape(-1, frame.size(-1)), frame_labels.reshape(-1), ignore_index=IGNORE
+            )
+        return loss, clip, frame, frame_labels
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, clip, frame, frame_labels = self.losses(batch)
+        loss = loss * batch["weight"]  # 0 for the DDP padding copies
+        self.optimizer_step_on(loss)
+        n = len(batch["labels"])
+        if batch["weight"]:
+            self.train_acc(clip.detach(), batch["labels"])
+            self.log("train/acc", self.train_acc, on_step=True, on_epoch=True, batch_size=n)
+            if frame is not None and frame_labels is not None:
+                self.train_frame_acc(frame.detach().flatten(0, 1), frame_labels.flatten())
+                self.log("train/frame_acc", self.train_frame_acc, on_step=True, on_epoch=True, batch_size=n)
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        if batch.get("decode_s"):
+            self.log(
+                "data/decode_fps",
+                batch["decoded"] / batch["decode_s"],
+                on_step=True,
+                on_epoch=True,
+                batch_size=n,
+            )
+        return loss.detach()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss, clip, frame, frame_labels = self.losses(batch)
+        n = len(batch["labels"])
+        self.val_acc(clip, batch["labels"])
+        self.confusion.update(clip, batch["labels"])
+        self.log("val_loss", loss, on_epoch=True, sync_dist=True, batch_size=n, prog_bar=True)
+        self.log("val_acc", self.val_acc, on_epoch=True, batch_size=n, prog_bar=True)
+        if frame is not None and frame_labels is not None:
+            self.val_frame_acc(frame.flatten(0, 1), frame_labels.flatten())
+            self.log("val_frame_acc", self.val_frame_acc, on_epoch=True, batch_size=n, prog_bar=True)
+        if len(self._samples) < self.log_samples and self._wandb() is not None:
+            self._keep_samples(batch, clip, frame)
+
+    # --- timing: decoding throughput and the loader's share of a step ----------------------------------------
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        now = time.perf_counter()
+        if self._batch_end is not None and self._batch_start is not None:
+            wait, compute = self._batch_start - self._batch_end, now - self._batch_start
+            n = len(batch["labels"])
+            self.log(
+                "train/loader_share",
+                wait / max(wait + compute, 1e-9),
+                on_step=True,
+                on_epoch=True,
+                batch_size=n,
+            )
+            self.log(
+                "train/frames_per_s", batch["n_frames"] / max(wait + compute, 1e-9), on_step=True, on_epoch=False,
+                batch_size=n,
+            )  # fmt: skip
+        self._batch_end = now
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self._batch_end = None
+
+    # --- pictures for the tracking run ------------------------------------------------------------------------
+    def _wandb(self) -> WandbLogger | None:
+        return next((lg for lg in self.loggers if isinstance(lg, WandbLogger)), None)
+
+    def _keep_samples(self, batch: dict, clip: torch.Tensor, frame: torch.Tensor | None) -> None:
+        dm = self.trainer.datamodule
+        for i in range(min(self.log_samples - len(self._samples), len(batch["labels"]))):
+            t = int(batch["lengths"][i])
+            sample = {
+                "frames": dm.denormalize(batch["frames"][i, :t]),
+                "true": dm.labels[int(batch["labels"][i])],
+                "pred": dm.labels[int(clip[i].argmax())],
+            }
+            if frame is not None and "frame_labels" in batch:
+                names = dm.frame_label_names
+                sample["frame_true"] = [names[int(j)] for j in batch["frame_labels"][i, :t]]
+                sample["frame_pred"] = [names[int(j)] for j in frame[i, :t].argmax(-1)]
+            self._samples.append(sample)
+
+    def on_validation_epoch_end(self) -> None:
+        matrix = self.confusion.compute().cpu().numpy()
+        self.confusion.reset()
+        samples, self._samples = self._samples, []
+        if self.trainer.sanity_checking:
+            return
+        self._log_pictures(matrix, samples)
+
+    @rank_zero_only
+    def _log_pictures(self, matrix: np.ndarray, samples: list[dict]) -> None:
+        logger = self._wandb()
+        if logger is None:
+            return
+        import wandb
+
+        labels = self.trainer.datamodule.labels
+        media: dict = {"val/confusion": wandb.Image(video_media.confusion_image(matrix, labels))}
+        folder = Path(logger.save_dir or os.environ.get("PIPELINE_RUN_DIR", ".")) / "samples"
+        images, videos = [], []
+        for i, s in enumerate(samples):
+            caption = f"true {s['true']} / predicted {s['pred']}"
+            if s["frames"].ndim == 2:  # a feature clip (T, F)
+                images.append(
+                    wandb.Image(video_media.feature_image(s["frames"], s["true"], s["pred"]), caption=caption)
+                )
+                continue
+            frames = video_media.annotated_frames(
+                s["frames"], s["true"], s["pred"], s.get("frame_true"), s.get("frame_pred")
+            )
+            images.append(wandb.Image(video_media.filmstrip(frames), caption=caption))
+            gif = video_media.save_gif(frames, folder / f"step{self.global_step:06d}_{i}.gif")
+            videos.append(wandb.Video(str(gif), caption=caption, format="gif"))
+        if images:
+            media["val/clips"] = images
+        if videos:
+            media["val/clip_gifs"] = videos
+        logger.experiment.log(media | {"trainer/global_step": self.global_step})
+
+    @torch.no_grad()
+    def predict_lines(self, lines: list[str], datamodule) -> list[str]:
+        """One line per video file: ``<clip label>\\t<probability>[\\t<per-frame labels>]``."""
+        self.eval()
+        out = []
+        for path in lines:
+            frames, lengths = datamodule.load_clip(path.strip())
+            clip, frame = self(frames.to(self.device), lengths)
+            p, i = clip.softmax(-1)[0].max(0)
+            line = f"{datamodule.labels[int(i)]}\t{p.item():.4f}"
+            if frame is not None:
+                line += "\t" + " ".join(datamodule.frame_label_names[int(j)] for j in frame[0].argmax(-1))
+            out.append(line)
+        return out
