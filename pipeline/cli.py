@@ -33,7 +33,15 @@ from pipeline.training.resume import ResumeState
 from pipeline.training.trace import DataTrace
 
 #: Network arguments the CLI fills from the DataModule attribute of the same name, when the network has them.
-LINKED = ("vocab_size", "num_classes", "src_vocab_size", "tgt_vocab_size", "feature_size", "frame_channels")
+LINKED = (
+    "vocab_size",
+    "num_classes",
+    "num_frame_classes",
+    "src_vocab_size",
+    "tgt_vocab_size",
+    "feature_size",
+    "frame_channels",
+)
 CKPT_ENV = "PIPELINE_CKPT"
 
 

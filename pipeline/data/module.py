@@ -103,6 +103,10 @@ class StreamDataModule(pl.LightningDataModule):
 
     @property
     def vocab_size(self) -> int:
+        if (
+            self.tokenizer is None
+        ):  # tokenizer-free data (video frames): the CLI's vocab_size link finds nothing
+            raise AttributeError("this data module has no tokenizer, so no vocab_size")
         return self.prepare_tokenizer().size
 
     def save_artifacts(self, run_dir: str) -> None:
