@@ -10,7 +10,12 @@
        └─► pooling last | mean | attention over the real steps ─► clip head ─► clip logits (B, K)   many-to-one
 
 The pieces (:meth:`VideoClassifier.encode`, :meth:`run`, :meth:`clip_logits`, :meth:`frame_logits`) are separate
-so that truncated BPTT can run :meth:`run` window by window with a carried state (unidirectional only).
+so that truncated BPTT (:mod:`pipeline.tasks.tbptt`) can run a clip window by window with a carried state
+(:meth:`run_window`; unidirectional only)::
+
+    clip lengths 8 and 5, windows of 3 frames:   [0 1 2] [3 4 5] [6 7]
+      clip a (8)  ████████                         run     run     run  ─► its clip loss here (its end)
+      clip b (5)  █████···                         run     run ─► end   (no frames: its state passes unchanged)
 """
 
 from __future__ import annotations
@@ -105,6 +110,29 @@ class VideoClassifier(nn.Module):
         ):  # no padding (fixed-length clips): packing would only cost time,
             return self.rnn(x, state)  # about 2x for a GRU on a CPU
         return run_packed(self.rnn, x, lengths, state)
+
+    def run_window(
+        self, frames: torch.Tensor, lengths: torch.Tensor, state: State | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """One window of a clip batch: frames (B, t, *frame) with ``lengths`` (B,) real frames in the window (0 for a
+        clip that ended before it) -> RNN outputs (B, t, D*H) (zero where there is no frame) and the state (the
+        ended clips' rows unchanged, so that each row holds its clip's state at its true end).
+        """
+        active = lengths > 0
+        if bool(active.all()):  # the usual case (fixed-length clips): no row selection
+            return self.run(self.encode(frames, lengths), lengths, state)
+        rows = active.nonzero().squeeze(1)  # (A,) clips with frames in this window
+        b = frames.size(0)
+        # the state as a tuple of (L*D, B, H) tensors (one for RNN/GRU, h and c for an LSTM)
+        olds = None if state is None else (state if isinstance(state, tuple) else (state,))
+        sub = None if olds is None else tuple(s.index_select(1, rows) for s in olds)
+        sub = sub if sub is None or isinstance(state, tuple) else sub[0]
+        out, sub = self.run(self.encode(frames[rows], lengths[rows]), lengths[rows], sub)  # (A, t, D*H)
+        out = out.new_zeros(b, *out.shape[1:]).index_copy(0, rows, out)  # (B, t, D*H)
+        news = sub if isinstance(sub, tuple) else (sub,)  # (L*D, A, H) each
+        olds = olds or tuple(n.new_zeros(n.size(0), b, n.size(2)) for n in news)
+        merged = tuple(o.index_copy(1, rows, n) for o, n in zip(olds, news, strict=True))
+        return out, merged if isinstance(sub, tuple) else merged[0]
 
     def clip_logits(self, out: torch.Tensor, lengths: torch.Tensor, state: State) -> torch.Tensor:
         """RNN outputs (B, T, D*H) -> clip logits (B, K), pooled over the real steps."""

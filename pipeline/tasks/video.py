@@ -7,8 +7,15 @@ ignored). Logged: ``train/loss``, ``train/acc`` (clip), ``train/frame_acc``, ``v
 validation adds a confusion-matrix image and a few validation clips (filmstrips and GIFs) with their true and
 predicted labels.
 
-Clips are trained with full backpropagation through time (20-frame clips need no more). ``tbptt_steps`` is the hook
-for long clips: it is meant to route to the one shared truncated-BPTT loop, :mod:`pipeline.tasks.tbptt`.
+Training goes through the one shared truncated-BPTT loop (:mod:`pipeline.tasks.tbptt`, every clip starts from a zero
+state). ``tbptt_steps: null`` (the default) makes each batch one window: full backpropagation through the whole clip,
+one optimizer step per batch (20-frame clips need no more). ``tbptt_steps: K`` cuts long clips into windows of K
+frames, the RNN state carried (detached) from window to window, one optimizer step per window. In each window the
+loss is ``frame_weight`` x the per-frame loss over its frames + ``clip_weight`` x the clip loss of the clips that end
+in it (summed over those clips / B, so over a batch every clip counts once). The clip loss needs ``pooling: last``
+(mean and attention pool over frames a window cannot see) and the RNN ``bidirectional: false`` (a backward pass over
+the future cannot be truncated). ``train/loss`` is then the mean of the windows' losses weighted by their frames;
+validation always reads whole clips.
 """
 
 from __future__ import annotations
@@ -27,11 +34,12 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from pipeline.data.clips import IGNORE
+from pipeline.models.recurrent import State
 from pipeline.tasks import video_media
-from pipeline.tasks.base import SequenceTask
+from pipeline.tasks.tbptt import TBPTTTask
 
 
-class VideoTask(SequenceTask):
+class VideoTask(TBPTTTask):
     """Train a clip classifier with an optional per-frame head.
 
     Args:
@@ -39,8 +47,9 @@ class VideoTask(SequenceTask):
             returns clip logits (B, K) and per-frame logits (B, T, K_frame) or None.
         clip_weight: Weight of the clip loss (0: train the per-frame head only).
         frame_weight: Weight of the per-frame loss (0, or data without per-frame labels: clip loss only).
-        tbptt_steps: Truncated BPTT window in frames for long clips (null: backpropagate through the whole clip).
-            Not available yet: it will route to the shared implementation in ``pipeline.tasks.tbptt``.
+        tbptt_steps: Truncated BPTT window in frames for long clips: one optimizer step per window, the state
+            carried across windows (null: backpropagate through the whole clip). Needs ``bidirectional: false``
+            and, with a clip loss, ``pooling: last``; ``trainer.max_steps`` then counts windows.
         log_samples: Validation clips drawn for the tracking run after each validation (0: none).
         optimizer: See :class:`pipeline.tasks.base.SequenceTask`.
         scheduler: See :class:`pipeline.tasks.base.SequenceTask`.
@@ -60,23 +69,27 @@ class VideoTask(SequenceTask):
         clip_norm: float | None = 1.0,
         max_nonfinite_steps: int = 10,
     ) -> None:
-        super().__init__(optimizer, scheduler, clip_norm, max_nonfinite_steps)
+        super().__init__(optimizer, scheduler, clip_norm, max_nonfinite_steps, tbptt_steps, carry_state=False)
         if clip_weight <= 0 and (frame_weight <= 0 or network.frame_head is None):
             raise ValueError(
                 "model.clip_weight and model.frame_weight leave no loss: give one of them a weight > 0."
             )
         if tbptt_steps is not None:
-            # TODO(tbptt): route to the shared truncated-BPTT loop of pipeline.tasks.tbptt (branch `lm`) once it is
-            # merged, instead of writing a second one. The network is ready for it: encode() the frames, then per
-            # window of tbptt_steps frames run(x[:, window], lengths_in_window, detach_state(state)), the per-frame
-            # loss on every window and the clip loss (clip_logits) on the last; one optimizer_step_on per window.
-            # Needs bidirectional: false (a backward pass over the future cannot be truncated).
-            raise NotImplementedError(
-                "model.tbptt_steps needs the shared truncated-BPTT loop (pipeline.tasks.tbptt), which is not merged "
-                "yet; leave it null to backpropagate through whole clips."
-            )
+            if tbptt_steps < 1:
+                raise ValueError(f"model.tbptt_steps is {tbptt_steps}; set it to 1 or more frames, or null.")
+            if network.rnn.bidirectional:
+                raise ValueError(
+                    "model.tbptt_steps needs model.network.bidirectional: false (a backward pass over the future "
+                    "cannot be truncated); set it, or tbptt_steps: null."
+                )
+            if clip_weight > 0 and network.pooling != "last":
+                raise ValueError(
+                    f"model.tbptt_steps with a clip loss needs model.network.pooling: last, not "
+                    f"{network.pooling} (a window cannot pool over frames it does not see); set it, or "
+                    f"tbptt_steps: null."
+                )
         self.network = network
-        self.clip_weight, self.frame_weight, self.tbptt_steps = clip_weight, frame_weight, tbptt_steps
+        self.clip_weight, self.frame_weight = clip_weight, frame_weight
         self.log_samples = log_samples
         k, kf = (
             network.head.out_features,
@@ -91,6 +104,7 @@ class VideoTask(SequenceTask):
         self._samples: list[dict] = []
         self._batch_start: float | None = None
         self._batch_end: float | None = None
+        self._window_logits: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
 
     def forward(self, frames: torch.Tensor, lengths: torch.Tensor):
         return self.network(frames, lengths)
@@ -108,18 +122,55 @@ class VideoTask(SequenceTask):
             )
         return loss, clip, frame, frame_labels
 
+    # --- training: the shared truncated-BPTT loop, one window of frames at a time ----------------------------
+    def time_steps(self, batch: dict) -> int:
+        return batch["frames"].size(1)  # T
+
+    def batch_size_of(self, batch: dict) -> int:
+        return batch["frames"].size(0)  # B
+
+    def window_loss(self, batch: dict, window: slice, state: State | None) -> tuple[torch.Tensor, State]:
+        lengths = batch["lengths"].to(batch["frames"].device)  # (B,)
+        # (B,) real frames of each clip inside the window: 0 for a clip that already ended
+        inside = (lengths - window.start).clamp(0, window.stop - window.start)
+        out, state = self.network.run_window(batch["frames"][:, window], inside, state)  # (B, t, D*H)
+        loss = out.new_zeros(())
+        ends = ((lengths > window.start) & (lengths <= window.stop)).nonzero().squeeze(1)  # clips ending here
+        clip = None
+        if len(ends):  # (E, K); the loss only with a clip weight, the logits for train/acc either way
+            h = tuple(s.index_select(1, ends) for s in state) if isinstance(state, tuple) else state[:, ends]
+            clip = self.network.clip_logits(out[ends], inside[ends], h)
+            if self.clip_weight > 0:
+                ce = F.cross_entropy(clip, batch["labels"][ends], reduction="sum") / len(lengths)
+                loss = loss + self.clip_weight * ce
+        frame, frame_labels = self.network.frame_logits(out), batch.get("frame_labels")  # (B, t, K_frame)
+        if frame is not None and frame_labels is not None and self.frame_weight > 0:
+            labels = frame_labels[:, window]  # (B, t), IGNORE at padded frames
+            if bool((labels != IGNORE).any()):
+                ce = F.cross_entropy(frame.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+                loss = loss + self.frame_weight * ce
+        self._window_logits.append(
+            (ends, None if clip is None else clip.detach(), None if frame is None else frame.detach())
+        )
+        return loss, state
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, clip, frame, frame_labels = self.losses(batch)
-        loss = loss * batch["weight"]  # 0 for the DDP padding copies
-        self.optimizer_step_on(loss)
+        self._window_logits = []
+        loss = super().training_step(batch, batch_idx) * batch["weight"]  # steps once per window
+        windows, self._window_logits = self._window_logits, []
         n = len(batch["labels"])
         if batch["weight"]:
-            self.train_acc(clip.detach(), batch["labels"])
+            # clip logits (B, K) in the order of rows, each from the window its clip ends in
+            rows = torch.cat([ends for ends, _, _ in windows])
+            clip = torch.cat([c for _, c, _ in windows if c is not None])
+            self.train_acc(clip, batch["labels"][rows])
             self.log("train/acc", self.train_acc, on_step=True, on_epoch=True, batch_size=n)
-            if frame is not None and frame_labels is not None:
-                self.train_frame_acc(frame.detach().flatten(0, 1), frame_labels.flatten())
+            frame_labels = batch.get("frame_labels")
+            if windows[0][2] is not None and frame_labels is not None:
+                frame = torch.cat([f for _, _, f in windows], dim=1)  # (B, T, K_frame)
+                self.train_frame_acc(frame.flatten(0, 1), frame_labels.flatten())
                 self.log("train/frame_acc", self.train_frame_acc, on_step=True, on_epoch=True, batch_size=n)
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
         if batch.get("decode_s"):
             self.log(
                 "data/decode_fps",
@@ -128,7 +179,7 @@ class VideoTask(SequenceTask):
                 on_epoch=True,
                 batch_size=n,
             )
-        return loss.detach()
+        return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         loss, clip, frame, frame_labels = self.losses(batch)

@@ -72,6 +72,27 @@ def test_cell_trains_from_the_cli(cell, clips, tmp_path):
         assert len(list((run / "samples").glob("*.gif"))) == 4  # 2 clips x 2 validations
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_long_clips_train_with_truncated_bptt(cell, clips, tmp_path):
+    """8-frame clips in windows of 5 frames: 2 optimizer steps per batch, so max_steps 6 is 3 batches."""
+    proc = fit(
+        clips, tmp_path, "--model.init_args.tbptt_steps=5", f"--model.init_args.network.init_args.cell={cell}",
+        "--model.init_args.network.init_args.bidirectional=false", "--model.init_args.network.init_args.pooling=last",
+        "--trainer.logger=false",
+    )  # fmt: skip
+    ckpt = torch.load(run_dir_of(proc) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 6  # optimizer steps = windows
+    assert ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["processed"] == 3  # batches
+    final = json.loads(proc.stderr.split("final validation metrics:")[1].splitlines()[0])
+    assert {"val_acc", "val_frame_acc", "val_loss"} <= set(final)
+
+
+def test_truncated_bptt_with_a_birnn_is_a_clear_error(clips, tmp_path):
+    proc = fit(clips, tmp_path, "--model.init_args.tbptt_steps=5", "--trainer.logger=false", check=False)
+    assert proc.returncode != 0
+    assert "model.tbptt_steps needs model.network.bidirectional: false" in proc.stderr
+
+
 def test_corrupted_video_error_names_the_file(clips, tmp_path):
     proc = fit(
         clips,

@@ -43,11 +43,9 @@ def test_loss_weights(data):
     torch.testing.assert_close(clip_only.losses(batch)[0], ce_clip)
 
 
-def test_no_loss_left_and_tbptt_hook_are_clear_errors():
+def test_no_loss_left_is_a_clear_error():
     with pytest.raises(ValueError, match="leave no loss"):
         VideoTask(net(frame_classes=0), clip_weight=0.0)
-    with pytest.raises(NotImplementedError, match="pipeline.tasks.tbptt"):
-        VideoTask(net(), tbptt_steps=5)
 
 
 def test_predict_lines_reads_video_files(data):
