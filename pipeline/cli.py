@@ -280,11 +280,24 @@ QUIET = (
 )
 
 
-def _data_error_in(exc: BaseException | None) -> DataError | None:
-    """The DataError behind ``exc``: jsonargparse re-raises errors of DataModule construction and of argument links
-    (``vocab_size`` & co. train the tokenizer, which checks the data) as ValueErrors caused by them."""
+PACKAGE = Path(__file__).resolve().parent
+
+
+def _raised_here(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by this package's own code (a config value it refuses), not by a library."""
+    tb, last = exc.__traceback__, None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    return last is not None and Path(last.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE)
+
+
+def user_error_in(exc: BaseException | None) -> BaseException | None:
+    """The user-facing error behind ``exc``: a DataError, or a ValueError raised by our own checks. jsonargparse and
+    Lightning re-raise errors of class construction and argument links wrapped in their own exceptions."""
     while exc is not None:
-        if isinstance(exc, DataError):
+        if isinstance(exc, (DataError, NonFiniteError, FileNotFoundError)):
+            return exc
+        if isinstance(exc, ValueError) and _raised_here(exc):
             return exc
         exc = exc.__cause__ or exc.__context__
     return None
@@ -296,22 +309,11 @@ def main(fn: Callable[[], None]) -> None:
     for pattern in QUIET:
         warnings.filterwarnings("ignore", message=pattern)
     try:
-        try:
-            fn()
-        except Exception as exc:
-            data_error = _data_error_in(exc)
-            if data_error is None or data_error is exc:
-                raise
-            raise data_error from None
-    except DataError as exc:
-        print(f"error: {worker_error_message(exc)}", file=sys.stderr)
+        fn()
+    except Exception as exc:
+        error = user_error_in(exc)
+        if error is None:
+            raise
+        message = worker_error_message(error) if isinstance(error, DataError) else str(error)
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
-    except (NonFiniteError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except ValueError as exc:
-        text = str(exc)
-        if "unknown cell type" in text or text.startswith("set data."):
-            print(f"error: {text}", file=sys.stderr)
-            sys.exit(2)
-        raise
