@@ -25,6 +25,7 @@ from pipeline.data.module import StreamDataModule
 from pipeline.tasks.base import NonFiniteError
 from pipeline.training import rundir
 from pipeline.training.checkpoint_io import AtomicCheckpointIO
+from pipeline.training.preemption import Preemption, slurm_plugins
 from pipeline.training.resume import ResumeState
 
 #: Network arguments the CLI fills from the DataModule attribute of the same name, when the network has them.
@@ -124,10 +125,12 @@ class PipelineCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
         seed = self.config.get("seed_everything")
-        extra = {"plugins": [AtomicCheckpointIO()]} if self.mode == "fit" else {}
+        extra = {"plugins": [AtomicCheckpointIO(), *slurm_plugins()]} if self.mode == "fit" else {}
         trainer = super().instantiate_trainer(**extra, **kwargs)
         resume = ResumeState(seed=int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else 0)
         trainer.callbacks.insert(0, resume)
+        if self.mode == "fit":  # last: after ModelCheckpoint, so a step's own checkpoint is written first
+            trainer.callbacks.append(Preemption())
         if self.mode != "fit":
             trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
         return trainer
