@@ -7,7 +7,7 @@ operator sends it with ``scancel --signal=USR1 <job>``. What happens then::
     end of every training step, all ranks:  any = all_reduce(MAX, flag) on a CPU gloo group
         any == 0 ─► keep training
         any == 1 ─► trainer.save_checkpoint(<run>/checkpoints/last.ckpt)     rank 0 writes (atomically), all wait
-                    rank 0: finish the W&B run, then ``scontrol requeue <job>``; barrier; every rank leaves fit()
+                    rank 0: finish the W&B run, then ``scontrol requeue <job>``; barrier; every rank exits (status 0)
     requeued job ─► same run dir ``slurm-<job>`` ─► ``--ckpt_path last`` ─► same data position, same W&B run id
 
 The ranks see the signal at slightly different times (one may be a step ahead of the other when it arrives); the
@@ -52,7 +52,7 @@ def slurm_job_id() -> str | None:
 
 
 class Preempted(SystemExit):
-    """Raised on every rank after the checkpoint is written; leaves ``fit()`` and ends the process."""
+    """Raised on every rank after the checkpoint is written, when there was no requeue; ends the process."""
 
 
 class Preemption(pl.Callback):
@@ -105,6 +105,11 @@ class Preemption(pl.Callback):
         ckpt_cb = trainer.checkpoint_callback
         folder = Path(ckpt_cb.dirpath) if ckpt_cb is not None and ckpt_cb.dirpath else None
         path = (folder or Path(trainer.default_root_dir) / "checkpoints") / "last.ckpt"
+        if ckpt_cb is not None and ckpt_cb.save_last:
+            # recorded in the checkpoint, so that the resumed ModelCheckpoint goes on writing last.ckpt: with another
+            # path (none yet, when preempted before its first save) it would write last-v1.ckpt and leave this
+            # file stale for the next --ckpt_path last
+            ckpt_cb.last_model_path = str(path)
         # every rank calls it: rank 0 writes (callbacks' state included: data position, W&B id), then a barrier
         trainer.save_checkpoint(path)
         # A requeue makes SLURM send SIGTERM to every rank right away; Lightning's SIGTERM handler runs a collective
@@ -130,7 +135,13 @@ class Preemption(pl.Callback):
             flag = torch.tensor([int(requeued)], dtype=torch.int32)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
             requeued = bool(flag.item())
-        raise Preempted(0 if requeued else EXIT_PREEMPTED)
+        if requeued:
+            # SLURM is stopping this job's processes (SIGTERM, SIGKILL after KillWait) and everything is saved:
+            # leave now, rather than race it through Lightning's and W&B's teardown
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+        raise Preempted(EXIT_PREEMPTED)
 
 
 def _requeue(job: str) -> bool:

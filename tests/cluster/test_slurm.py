@@ -156,6 +156,7 @@ def test_preempted_job_requeues_and_resumes_exactly(slurm, tmp_path):
     second = text.split("restart 1 on", 1)[1]
     assert f"resuming from {saved}" in second
     assert not list(job.run_dir.rglob("hpc_ckpt_*.ckpt"))  # Lightning's own in-handler requeue stayed off
+    assert not list(job.run_dir.glob("checkpoints/last-v*.ckpt"))  # last.ckpt stays the newest
 
     # W&B: both segments logged into the same run id; the second continues at the step after the checkpoint
     runs = offline_runs(job.run_dir)
@@ -233,7 +234,7 @@ def test_repeated_preemption_at_random_moments_never_hangs(slurm, tmp_path):
         started = lambda: all(f"GLOBAL_RANK: {r}," in segment() for r in (0, 1))  # noqa: E731  (handlers set)
         job.wait_for(started, f"ranks started after restart {restart}", timeout=300)
         if rng.random() < 0.5:
-            delay = rng.uniform(0, 2.0)
+            delay = rng.uniform(0, 0.5)
             moments.append(f"start-up + {delay:.1f} s")
         else:
             last = max(job.checkpoint_steps(), default=0)
@@ -256,11 +257,17 @@ def test_repeated_preemption_at_random_moments_never_hangs(slurm, tmp_path):
     assert len(steps) == 10 and steps == sorted(steps), (steps, moments)
     run_id = (job.run_dir / "wandb_id").read_text().strip()
     assert len(offline_runs(job.run_dir)) == 11
+    # a preemption before ModelCheckpoint's first save must not leave last.ckpt behind a last-v1.ckpt
+    assert not list(job.run_dir.glob("checkpoints/last-v*.ckpt"))
+    last = job.run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 300
     assert all(r.name.endswith(f"-{run_id}") for r in offline_runs(job.run_dir))
 
     reference = submit(slurm, tmp_path, "uninterrupted", *args)
     info = reference.wait({"COMPLETED", "FAILED", "CANCELLED"}, timeout=900)
     assert info["JobState"] == "COMPLETED", reference.text()[-5000:]
-    assert_same_weights(
-        job.run_dir / "checkpoints" / "last.ckpt", reference.run_dir / "checkpoints" / "last.ckpt"
-    )
+    assert_same_weights(last, reference.run_dir / "checkpoints" / "last.ckpt")
+    for step in steps:  # where a preemption saved at an even step, ModelCheckpoint saved that step too
+        if step % 2 == 0:
+            name = f"checkpoints/step{step:05d}.ckpt"
+            assert_same_weights(job.run_dir / name, reference.run_dir / name)
