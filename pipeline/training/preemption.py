@@ -88,8 +88,14 @@ class Preemption(pl.Callback):
             _say(f"SLURM job {slurm_job_id()} restart {restarts}")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if self._agreed():
-            self._preempt(trainer)
+        if not self._agreed():
+            return
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            # Not at an epoch's last batch: Lightning restores such a checkpoint into an epoch that it then ends
+            # at once, and training would go on with the data of the epoch after next. One step later is exact.
+            self.requested = True  # on every rank, so that they agree again at the next step
+            return
+        self._preempt(trainer)
 
     # --- the work ----------------------------------------------------------------------------------------------
     def _agreed(self) -> bool:

@@ -1,7 +1,7 @@
-"""docker/Dockerfile: hadolint-clean, and it builds and runs (buildah, no Docker engine, no registry).
+"""docker/Dockerfile: hadolint-clean (default run), and it builds and runs (buildah, no Docker engine, no registry).
 
 The cluster base (``ARG BASE``, a PyTorch CUDA image) cannot be pulled here, so the test bootstraps a stand-in: Debian
-(debootstrap) with python3 and the CPU torch wheel, like the PyTorch images a python with torch. Container state lives
+(debootstrap) with python3 and the CPU torch wheel, as a PyTorch image has python and torch. Container state lives
 in one scratch folder (vfs storage, chroot isolation) that is removed at the end.
 """
 
@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
-
-pytestmark = pytest.mark.cluster
 
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 BASE = "localhost/pybase:bookworm-torch"
@@ -48,7 +46,7 @@ def hadolint(tmp: Path) -> Path:
     return tmp / "hadolint-venv" / "bin" / "hadolint"
 
 
-def test_dockerfile_is_hadolint_clean(tmp_path):
+def test_dockerfile_is_hadolint_clean(tmp_path):  # in the default run: a second or two
     proc = subprocess.run([str(hadolint(tmp_path)), str(DOCKERFILE)], capture_output=True, text=True)
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
 
@@ -125,6 +123,7 @@ def bootstrap_base(state: Path, env: dict) -> None:
     shutil.rmtree(rootfs)
 
 
+@pytest.mark.cluster
 def test_image_builds_and_runs_fit_help(buildah):
     state, env = buildah
     bootstrap_base(state, env)
