@@ -6,6 +6,7 @@ operator sends it with ``scancel --signal=USR1 <job>``. What happens then::
     USR1 ──► every rank: the handler sets a flag, nothing else (no I/O, no collective, no checkpoint)
     end of every training step, all ranks:  any = all_reduce(MAX, flag) on a CPU gloo group
         any == 0 ─► keep training
+        any == 1 at an epoch's last batch ─► one more step (such a checkpoint would not resume exactly)
         any == 1 ─► trainer.save_checkpoint(<run>/checkpoints/last.ckpt)     rank 0 writes (atomically), all wait
                     rank 0: finish the W&B run, then ``scontrol requeue <job>``; barrier; every rank exits (status 0)
     requeued job ─► same run dir ``slurm-<job>`` ─► ``--ckpt_path last`` ─► same data position, same W&B run id
