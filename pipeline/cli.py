@@ -28,6 +28,7 @@ from pipeline.data.module import StreamDataModule
 from pipeline.tasks.base import NonFiniteError
 from pipeline.training import rundir
 from pipeline.training.checkpoint_io import AtomicCheckpointIO
+from pipeline.training.preemption import Preemption, slurm_plugins
 from pipeline.training.progress import LogProgress
 from pipeline.training.resume import ResumeState
 from pipeline.training.trace import DataTrace
@@ -155,7 +156,8 @@ class PipelineCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
         seed = self.config.get("seed_everything")
-        trainer = super().instantiate_trainer(plugins=[AtomicCheckpointIO()], **kwargs)
+        plugins = [AtomicCheckpointIO(), *(slurm_plugins() if self.mode == "fit" else [])]
+        trainer = super().instantiate_trainer(plugins=plugins, **kwargs)
         resume = ResumeState(seed=int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else 0)
         trainer.callbacks.insert(0, resume)
         if self.mode == "fit" and not sys.stderr.isatty():
@@ -163,6 +165,8 @@ class PipelineCLI(LightningCLI):
         trace = DataTrace.from_env()
         if trace is not None:
             trainer.callbacks.insert(1, trace)
+        if self.mode == "fit":  # last: after ModelCheckpoint, so a step's own checkpoint is written first
+            trainer.callbacks.append(Preemption())
         if self.mode != "fit":
             trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
         return trainer
