@@ -27,8 +27,9 @@ test: setup
 	$(BIN)/python -m pytest -q $(ARGS)
 
 # Installs and starts a real one-node SLURM cluster and builds the Docker image with buildah (needs root).
+# The repeated-preemption soak test: make test-cluster ARGS='-m "cluster and slow"'.
 test-cluster: setup
-	$(BIN)/python -m pytest -q -m cluster $(ARGS)
+	$(BIN)/python -m pytest -q -m "cluster and not slow" $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
