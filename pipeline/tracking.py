@@ -66,4 +66,5 @@ def sync_hint(run_dir: Path) -> str | None:
     runs = offline_runs(run_dir)
     if not runs:
         return None
-    return f"W&B ran offline; to upload this run: wandb sync {runs[-1]}"
+    # a resumed or requeued run adds one offline folder per part, all under the same W&B run id
+    return "W&B ran offline; to upload this run: wandb sync " + " ".join(str(r) for r in runs)

@@ -65,6 +65,8 @@ class ResumeState(pl.Callback):
         self.position = (state["epoch"], state["consumed"])
         if self.position[1] == 0:
             self._finish_saved_epoch(checkpoint)
+        elif self._finish_last_batch(checkpoint):
+            self.position = (self.position[0] + 1, 0)
         if trainer.datamodule is not None:
             trainer.datamodule.resume_at = self.position
         torch.set_rng_state(state["rng_torch"])
@@ -86,3 +88,20 @@ class ResumeState(pl.Callback):
             batches = loops["epoch_loop.batch_progress"]
             batches["current"] = dict.fromkeys(batches["current"], 0)
             batches["is_last_batch"] = False
+
+    @staticmethod
+    def _finish_last_batch(checkpoint: dict) -> bool:
+        """A checkpoint written after an epoch's last batch (``is_last_batch``): Lightning 2.6 restores it into an
+        epoch that ends at once and then moves one epoch too far. Restore it as "that epoch is over" instead, the state
+        the uninterrupted run is in when the next epoch starts (the skipped epoch-end hooks change no weights)."""
+        loops = checkpoint.get("loops", {}).get("fit_loop")
+        if not loops or not loops["epoch_loop.batch_progress"].get("is_last_batch"):
+            return False
+        progress = loops["epoch_progress"]
+        for part in ("total", "current"):
+            progress[part]["processed"] = progress[part]["completed"] = progress[part]["started"]
+        batches = loops["epoch_loop.batch_progress"]
+        batches["total"]["completed"] = batches["total"]["processed"]
+        batches["current"] = dict.fromkeys(batches["current"], 0)
+        batches["is_last_batch"] = False
+        return True

@@ -104,6 +104,16 @@ def test_kill_at_an_epoch_boundary(tmp_path):
     )
 
 
+def test_kill_after_a_checkpoint_on_an_epochs_last_batch(tmp_path, monkeypatch):
+    from pipeline.cli import PipelineCLI
+
+    monkeypatch.setenv("PIPELINE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIPELINE_RUN_DIR", "")
+    dm = PipelineCLI(args=["--config", DEBUG, "--trainer.logger", "false"], mode="evaluate").datamodule
+    batches = sum(1 for _ in dm.train_dataloader())  # epoch 0's batch count: its last batch is step `batches`
+    check_resume(tmp_path, kills=[str(batches + 2)], extra=("--checkpoint.every_n_train_steps", str(batches)))
+
+
 def test_kill_mid_epoch_and_resume_two_process_ddp(tmp_path):
     check_resume(
         tmp_path,
