@@ -29,11 +29,18 @@ def machine() -> dict:
     }
 
 
-def run(module: str, *args: str, env: dict | None = None, log: Path | None = None) -> tuple[subprocess.CompletedProcess, float]:
+def run(
+    module: str, *args: str, env: dict | None = None, log: Path | None = None
+) -> tuple[subprocess.CompletedProcess, float]:
     """Run ``python -m module args`` from the repo root; returns the process and its wall seconds."""
     start = time.time()
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env={**os.environ, **(env or {})},
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+    )
     wall = time.time() - start
     if log:
         log.write_text(proc.stdout + "\n--- stderr\n" + proc.stderr)

@@ -26,9 +26,16 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="bench-sst2-"))
     seconds = int(args.minutes * 60)
     fit, wall = run(
-        "pipeline.fit", "--config", args.config, "--runs_dir", str(scratch / "runs"),
-        "--trainer.max_time", f"00:00:{seconds // 60:02d}:{seconds % 60:02d}",
-        "--trainer.logger", "pytorch_lightning.loggers.CSVLogger", *args.overrides,
+        "pipeline.fit",
+        "--config",
+        args.config,
+        "--runs_dir",
+        str(scratch / "runs"),
+        "--trainer.max_time",
+        f"00:00:{seconds // 60:02d}:{seconds % 60:02d}",
+        "--trainer.logger",
+        "pytorch_lightning.loggers.CSVLogger",
+        *args.overrides,
         env={"PIPELINE_CACHE": str(scratch / "cache"), "WANDB_MODE": "disabled"},
         log=ROOT / "benchmarks" / "results" / "sentiment.log",
     )
@@ -56,14 +63,18 @@ def main() -> None:
         "overrides": args.overrides,
         **machine(),
     }
-    write("sentiment", result, [
-        ("dev accuracy (best checkpoint)", f"{result['dev_accuracy']:.4f}"),
-        ("wall seconds (tokenizer + training + validation)", f"{wall:.0f}"),
-        ("train tokens/s (median, sentencepiece pieces)", str(result["tokens_per_s_median"])),
-        ("train sentences/s (median)", str(result["examples_per_s_median"])),
-        ("padding fraction", str(result["padding_fraction"])),
-        ("torch / device", f"{result['torch']} / {result['device']}"),
-    ])
+    write(
+        "sentiment",
+        result,
+        [
+            ("dev accuracy (best checkpoint)", f"{result['dev_accuracy']:.4f}"),
+            ("wall seconds (tokenizer + training + validation)", f"{wall:.0f}"),
+            ("train tokens/s (median, sentencepiece pieces)", str(result["tokens_per_s_median"])),
+            ("train sentences/s (median)", str(result["examples_per_s_median"])),
+            ("padding fraction", str(result["padding_fraction"])),
+            ("torch / device", f"{result['torch']} / {result['device']}"),
+        ],
+    )
 
 
 if __name__ == "__main__":
