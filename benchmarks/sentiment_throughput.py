@@ -79,6 +79,9 @@ def reference_loop(seconds: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="training time of each side")
+    parser.add_argument(
+        "overrides", nargs="*", help="extra pipeline.fit overrides, e.g. --model.init_args...=x"
+    )
     args = parser.parse_args()
     ref = reference_loop(args.seconds)
     scratch = Path(tempfile.mkdtemp(prefix="bench-sst2-speed-"))
@@ -87,6 +90,7 @@ def main() -> None:
         "--trainer.max_time", f"00:00:00:{int(args.seconds):02d}", "--trainer.val_check_interval", "100000",
         "--model.init_args.network.init_args.dropout", "0.0",
         "--trainer.logger", "pytorch_lightning.loggers.CSVLogger", "--trainer.log_every_n_steps", "5",
+        *args.overrides,
         env={"PIPELINE_CACHE": str(scratch / "cache"), "WANDB_MODE": "disabled"},
     )  # fmt: skip
     rows = csv_metrics(run_dir(fit))
@@ -95,7 +99,7 @@ def main() -> None:
         "sentences_per_s": round(statistics.median(column(rows, "train/examples_per_s")), 1),
     }
     ratio = ours["sentences_per_s"] / ref["sentences_per_s"]
-    result = {"reference_loop": ref, "pipeline": ours, "pipeline_over_reference_sentences_per_s": round(ratio, 3),
+    result = {"reference_loop": ref, "pipeline": ours, "overrides": args.overrides, "pipeline_over_reference_sentences_per_s": round(ratio, 3),
               **machine()}  # fmt: skip
     write("sentiment_throughput", result, [
         ("reference loop sentences/s (whitespace tokens/s)", f"{ref['sentences_per_s']} ({ref['tokens_per_s']})"),

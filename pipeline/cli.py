@@ -178,7 +178,9 @@ class PipelineCLI(LightningCLI):
         if rank_zero_only.rank == 0:
             self.parser.save(self.config, run_dir / "config.yaml", skip_none=False, overwrite=True)
             self.datamodule.save_artifacts(str(run_dir))
-            mode = tracking.wandb_mode()  # before the logger starts: WandbLogger(offline) sets WANDB_MODE=dryrun
+            mode = (
+                tracking.wandb_mode()
+            )  # before the logger starts: WandbLogger(offline) sets WANDB_MODE=dryrun
             resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
             for logger in self.trainer.loggers:
                 logger.log_hyperparams(resolved)
