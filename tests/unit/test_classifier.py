@@ -56,7 +56,9 @@ def test_one_weight_set_shared_over_time_and_its_gradient_sums_over_steps():
 def test_unpacked_mode_equals_packed_when_nothing_is_padded():
     torch.manual_seed(0)
     packed = SequenceClassifier(vocab_size=30, embedding_dim=8, hidden_size=6, cell="gru", packed=True).eval()
-    padded = SequenceClassifier(vocab_size=30, embedding_dim=8, hidden_size=6, cell="gru", packed=False).eval()
+    padded = SequenceClassifier(
+        vocab_size=30, embedding_dim=8, hidden_size=6, cell="gru", packed=False
+    ).eval()
     padded.load_state_dict(packed.state_dict())
     tokens = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
     lengths = torch.tensor([4, 4])
