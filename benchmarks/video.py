@@ -265,6 +265,7 @@ def main() -> None:
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, training threads "
         f"{args.threads or torch.get_num_threads()}",
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
     }
     if parts & {"moving", "control"}:
         sizes = (400, 100, 200) if args.quick else (12000, 2000, 2000)
@@ -275,8 +276,16 @@ def main() -> None:
             results["control"] = moving_digits(args, runs, clips, shuffled=True)
     if "natops" in parts:
         results["natops"] = natops(args, runs)
+    results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     args.out.mkdir(parents=True, exist_ok=True)
     name = "video_quick" if args.quick else "video"
+    # --only reruns some parts: keep the other parts' results from the previous run, with their own dates.
+    previous = (
+        json.loads((args.out / f"{name}.json").read_text()) if (args.out / f"{name}.json").exists() else {}
+    )
+    for part in ("moving_digits", "control", "natops"):
+        if part not in results and part in previous:
+            results[part] = previous[part] | {"date": previous[part].get("date", previous.get("date"))}
     (args.out / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n")
     (args.out / f"{name}.md").write_text(
         f"# Video benchmark ({results['date']}, {results['machine']})\n\n" + table(results)
