@@ -144,10 +144,9 @@ class ParallelSource(Source):
             names = [self.column.replace("{lang}", lang) for lang in langs]
             ds = hub.dataset(names)
             return ds.rename_columns({c: lang for c, lang in zip(names, langs, strict=True) if c != lang})
-        features = datasets.Features({c: datasets.Value("string") for c in [*langs, "_where", "_fault"]})
         return datasets.IterableDataset.from_generator(
             read_parallel,
-            features=features,
+            features=None,  # records are already str; declared features re-encode each one (see Source.dataset)
             gen_kwargs={
                 "pairs": [tuple(self.files_for(langs))],
                 "langs": tuple(langs),

@@ -45,10 +45,14 @@ class SentimentTask(SequenceTask):
         loss = F.cross_entropy(logits, batch["labels"]) * batch["weight"]
         self.optimizer_step_on(loss)
         if batch["weight"]:
-            self.train_acc(logits.detach(), batch["labels"])
-            self.log(
-                "train/acc", self.train_acc, on_step=True, on_epoch=True, batch_size=len(batch["labels"])
-            )
+            # update() only accumulates; calling the metric would also compute a per-batch value every step
+            preds = logits.detach().argmax(-1)
+            self.train_acc.update(preds, batch["labels"])
+            self.log("train/acc_epoch", self.train_acc, on_step=False, on_epoch=True, batch_size=len(preds))
+            if self.logging_step():
+                self.log(
+                    "train/acc_step", (preds == batch["labels"]).float().mean(), on_step=True, on_epoch=False
+                )
         self.log(
             "train/loss",
             loss.detach(),

@@ -147,7 +147,7 @@ class TBPTTTask(SequenceTask):
             on_loss,
         )
         self.train_state = state if self.carry_state else None
-        if len(losses) > 1:
+        if len(losses) > 1 and self.logging_step():
             self.log("train/optimizer_steps", float(self.trainer.global_step), on_step=True, on_epoch=False)
         steps = sum(n for _, n in losses)
         return sum(loss * n for loss, n in losses) / steps  # mean over the batch's time steps

@@ -211,10 +211,11 @@ class VideoTask(TBPTTTask):
                 on_epoch=True,
                 batch_size=n,
             )
-            self.log(
-                "train/frames_per_s", batch["n_frames"] / max(wait + compute, 1e-9), on_step=True, on_epoch=False,
-                batch_size=n,
-            )  # fmt: skip
+            if self.logging_step():
+                self.log(
+                    "train/frames_per_s", batch["n_frames"] / max(wait + compute, 1e-9), on_step=True,
+                    on_epoch=False, batch_size=n,
+                )  # fmt: skip
         self._batch_end = now
 
     def on_train_epoch_start(self) -> None:
