@@ -183,6 +183,7 @@ def main() -> None:
         "benchmark": "Multi30k en->de, test_2016_flickr" + (" (QUICK: first 200 sentences)" if limit else ""),
         "config": args.config, "overrides": args.overrides, "minutes": args.minutes, "run_dir": str(run_dir),
         "machine": f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
+        "load_average_at_end_1_5_15min": [round(x, 2) for x in os.getloadavg()],
         "train_tokens_per_s": round(tokens_per_s, 1), "train_steps": final["step"],
         "decode_sentences_per_s": {"greedy": round(greedy_speed, 1), "beam5": round(beam_speed, 1)},
         "test_bleu_greedy_final": round(sacrebleu.corpus_bleu(greedy_hyps, [test_ref]).score, 2),

@@ -10,8 +10,11 @@ Every model is trained by the real CLI (``python -m pipeline.fit``, CSV logger) 
 Writes ``benchmarks/results/video.json`` and ``benchmarks/results/video.md``.
 
 Targets (issue 6): moving digits clip accuracy >= 0.95 and per-frame accuracy >= 0.95 within 30 minutes on 2 CPU
-cores; the frame-shuffled control's direction accuracy near chance (0.25; at most 0.5 is reachable without order,
-since a clip played backwards shows the same frames with every direction reversed); NATOPS >= 0.88 (1-NN DTW ~0.88).
+cores; the frame-shuffled control's direction accuracy near chance (0.25). Without frame order, per-frame direction
+accuracy is bounded by about 0.5, not 0.25: the set of positions still shows the line of motion, and a clip played
+backwards shows the same frames with both signs of every frame's direction reversed. The first-frame direction can
+exceed 0.5 after a bounce (the reversed clip's first direction is minus the *last* one). NATOPS >= 0.88 (1-NN DTW
+~0.88).
 """
 
 from __future__ import annotations
@@ -215,7 +218,8 @@ def table(results: dict) -> str:
     if c:
         t = c["test"]
         rows += [
-            f"| control (frames shuffled in time): per-frame direction accuracy | {t.get('frame_acc')} | near 0.25 |",
+            f"| control (frames shuffled in time): per-frame direction accuracy | {t.get('frame_acc')} | chance 0.25, "
+            f"ceiling without order ~0.5 |",
             f"| control: first-direction / digit / clip accuracy | {t['first_direction_acc']} / {t['digit_acc']} / "
             f"{t['clip_acc']} | ~0.25 / high / low |",
         ]
