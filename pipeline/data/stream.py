@@ -23,6 +23,7 @@ Because everything above is deterministic, the data position of every rank and w
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -35,6 +36,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pipeline.data.batching import bucket_batches
 from pipeline.data.faults import DataError, FaultCounter, merge_counts
+
+_INTERLEAVES_SHARDS = (
+    "max_buffer_input_shards" in inspect.signature(datasets.IterableDataset.shuffle).parameters
+)
 
 Encode = Callable[
     [dict, FaultCounter], Any
@@ -72,7 +77,10 @@ class BatchStream(IterableDataset):
         k, n_workers = (info.id, info.num_workers) if info else (0, 1)
         ds = self.dataset
         if self.shuffle:
-            ds = ds.shuffle(seed=self.seed, buffer_size=self.buffer_size)
+            # datasets >= 5 feeds the buffer from up to 10 shards at once through a thread pool, one future per
+            # example (~50 us each); with a single shard (one file) there is nothing to interleave
+            extra = {"max_buffer_input_shards": 1} if ds.num_shards == 1 and _INTERLEAVES_SHARDS else {}
+            ds = ds.shuffle(seed=self.seed, buffer_size=self.buffer_size, **extra)
             ds.set_epoch(self.epoch)
         nodes = self.world * n_workers
         if nodes > 1:
