@@ -56,6 +56,7 @@ class SequenceTask(pl.LightningModule):
         self.nonfinite_in_a_row = 0
         self._tick: float | None = None
         self._window = [0.0, 0, 0]  # seconds, tokens, examples since the last logged throughput
+        self._pad = [0.0, 0]  # sum and count of the padding fraction this epoch
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
@@ -142,22 +143,26 @@ class SequenceTask(pl.LightningModule):
                     "train/examples_per_s", examples / seconds, on_step=True, on_epoch=False, batch_size=1
                 )
             self._window = [0.0, 0, 0]
-        if "pad_fraction" in batch:
-            self.log(
-                "train/pad_fraction", float(batch["pad_fraction"]), on_step=True, on_epoch=True, batch_size=1
-            )
+        if "pad_fraction" in batch:  # the epoch mean is ours (on_train_epoch_end): one self.log less per step
+            self._pad[0] += float(batch["pad_fraction"])
+            self._pad[1] += 1
+            if self.logging_step():
+                self.log(
+                    "train/pad_fraction_step", float(batch["pad_fraction"]), on_step=True, on_epoch=False
+                )
 
     def on_train_epoch_start(self) -> None:
-        self._tick, self._window = (
-            None,
-            [0.0, 0, 0],
-        )  # the first batch of an epoch waits for the stream to start
+        self._tick = None  # the first batch of an epoch waits for the stream to start: not counted
+        self._window, self._pad = [0.0, 0, 0], [0.0, 0]
 
     def on_validation_end(self) -> None:
         if self._tick is not None:
             self._tick = time.perf_counter()  # validation time is not training throughput
 
     def on_train_epoch_end(self) -> None:
+        if self._pad[1]:
+            pad = self._pad[0] / self._pad[1]
+            self.log("train/pad_fraction_epoch", pad, on_step=False, on_epoch=True, sync_dist=True)
         counts = self.trainer.datamodule.fault_counts() if self.trainer.datamodule is not None else {}
         for kind in KINDS:  # every kind, zeros included, so that all DDP ranks log the same keys
             self.log(

@@ -36,6 +36,7 @@ class SentimentTask(SequenceTask):
         num_classes = network.head.out_features
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self._acc_registered = False
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.network(tokens, lengths)
@@ -48,11 +49,14 @@ class SentimentTask(SequenceTask):
             # update() only accumulates; calling the metric would also compute a per-batch value every step
             preds = logits.detach().argmax(-1)
             self.train_acc.update(preds, batch["labels"])
-            self.log("train/acc_epoch", self.train_acc, on_step=False, on_epoch=True, batch_size=len(preds))
-            if self.logging_step():
+            if not self._acc_registered:  # once an epoch is enough: the metric is computed at the epoch end
                 self.log(
-                    "train/acc_step", (preds == batch["labels"]).float().mean(), on_step=True, on_epoch=False
+                    "train/acc_epoch", self.train_acc, on_step=False, on_epoch=True, batch_size=len(preds)
                 )
+                self._acc_registered = True
+            if self.logging_step():
+                accuracy = (preds == batch["labels"]).float().mean()
+                self.log("train/acc_step", accuracy, on_step=True, on_epoch=False)
         self.log(
             "train/loss",
             loss.detach(),
@@ -62,6 +66,10 @@ class SentimentTask(SequenceTask):
             batch_size=len(batch["labels"]),
         )
         return loss.detach()
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self._acc_registered = False
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(batch["tokens"], batch["lengths"])
