@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -69,6 +70,30 @@ def test_csv_logger_from_the_config(tmp_path, runs):
     metrics = list(run.rglob("metrics.csv"))
     assert metrics and "train/loss_step" in metrics[0].read_text().splitlines()[0]
     assert not (run / "wandb").exists()
+
+
+def test_step_metrics_every_log_interval_and_epoch_means(tmp_path, runs):
+    """Step values reach the logger every ``log_every_n_steps`` batches, throughput averaged over the interval; the
+    epoch's padding fraction and training accuracy are logged once per epoch."""
+    proc = run_cli(
+        "pipeline.fit", "--config", DEBUG, "--runs_dir", str(runs), "--trainer.max_steps", "12",
+        "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "3",
+        "--trainer.logger", "pytorch_lightning.loggers.CSVLogger", tmp_path=tmp_path,
+    )  # fmt: skip
+    rows = list(csv.DictReader(next(run_dir_of(proc).rglob("metrics.csv")).open()))
+    for key in (
+        "train/grad_norm",
+        "train/lr",
+        "train/tokens_per_s",
+        "train/examples_per_s",
+        "train/acc_step",
+    ):
+        steps = [int(r["step"]) for r in rows if r.get(key)]
+        assert steps and all((s + 1) % 3 == 0 for s in steps), (key, steps)
+        assert all(float(r[key]) > 0 or key == "train/acc_step" for r in rows if r.get(key)), key
+    epochs = [r for r in rows if r.get("train/pad_fraction_epoch")]
+    assert epochs and all(0 <= float(r["train/pad_fraction_epoch"]) < 1 for r in epochs)
+    assert [r for r in rows if r.get("train/acc_epoch")], "train/acc_epoch missing"
 
 
 def test_no_credential_is_written_anywhere(tmp_path, runs):
