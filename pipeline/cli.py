@@ -18,6 +18,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 import yaml
+from lightning_fabric.plugins import CheckpointIO
+from lightning_fabric.plugins.environments import ClusterEnvironment
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities import rank_zero_only
@@ -156,7 +158,14 @@ class PipelineCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
         seed = self.config.get("seed_everything")
-        plugins = [AtomicCheckpointIO(), *(slurm_plugins() if self.mode == "fit" else [])]
+        # the user's trainer.plugins are kept; ours fill in only the kinds the user did not give (Lightning
+        # accepts one checkpoint IO and one cluster environment)
+        user = self._get(self.config_init, "trainer", default={}).get("plugins") or []
+        plugins = list(user) if isinstance(user, list | tuple) else [user]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        if self.mode == "fit" and not any(isinstance(p, ClusterEnvironment) for p in plugins):
+            plugins += slurm_plugins()
         trainer = super().instantiate_trainer(plugins=plugins, **kwargs)
         resume = ResumeState(seed=int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else 0)
         trainer.callbacks.insert(0, resume)

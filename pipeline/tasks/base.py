@@ -8,7 +8,8 @@ rely on:
   of the logged curves (Lightning's logging step) counts batches: the same unit when a batch is one step, and under
   TBPTT the task also logs ``train/optimizer_steps`` (see :mod:`pipeline.tasks.tbptt`);
 - clipping is set here (``model.clip_norm``), not with ``trainer.gradient_clip_val``, which Lightning forbids with
-  manual optimization; it goes through ``self.clip_gradients`` and so through the precision plugin (AMP unscaling);
+  manual optimization; it reuses the norm that was logged. ``bf16-mixed`` and ``32-true`` are supported; fp16 with
+  loss scaling (``16-mixed``) is refused at the start, since Lightning would unscale after the clip;
 - a step whose loss or gradient norm is NaN/Inf is skipped: no parameter or optimizer state changes, it is counted
   (``train/nonfinite_steps``), and after ``max_nonfinite_steps`` in a row training stops with a clear message. Under DDP
   the decision is all-reduced, so every rank skips the same steps and weights never diverge;
@@ -58,6 +59,15 @@ class SequenceTask(pl.LightningModule):
         self._window = [0.0, 0, 0]  # seconds, tokens, examples since the last logged throughput
         self._pad = [0.0, 0]  # sum and count of the padding fraction this epoch
 
+    def on_fit_start(self) -> None:
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            # Lightning unscales fp16 gradients inside optimizer.step(), after this task has already taken their
+            # norm, checked them and clipped them: all three would see scaled values.
+            raise ValueError(
+                "trainer.precision 16-mixed (fp16 with loss scaling) is not supported by the training step; "
+                "use bf16-mixed (Ampere or newer GPUs, recent CPUs) or 32-true."
+            )
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
@@ -99,11 +109,8 @@ class SequenceTask(pl.LightningModule):
             return False
         self.nonfinite_in_a_row = 0
         if self.clip_norm is not None and grads:
-            if getattr(self.trainer.precision_plugin, "scaler", None) is None:
-                # the norm is already known: scale by clip_norm / norm without a second pass over the gradients
-                torch.nn.utils.clip_grads_with_norm_(self.parameters(), self.clip_norm, norm)
-            else:  # fp16 loss scaling: Lightning's path unscales first
-                self.clip_gradients(opt, gradient_clip_val=self.clip_norm, gradient_clip_algorithm="norm")
+            # the norm is already known: scale by clip_norm / norm without a second pass over the gradients
+            torch.nn.utils.clip_grads_with_norm_(self.parameters(), self.clip_norm, norm)
         opt.step()
         scheduler = self.lr_schedulers()
         if scheduler is not None:

@@ -121,6 +121,15 @@ def test_unknown_cell_type_names_the_key_and_choices(tmp_path):
     assert "rnn" in proc.stderr and "lstm" in proc.stderr and "gru" in proc.stderr
 
 
+def test_fp16_loss_scaling_is_refused_with_the_alternatives(tmp_path):
+    # On a GPU `--trainer.precision 16-mixed` gives this plugin; Lightning maps it to bf16 on a CPU, so name it here.
+    # (This also shows that trainer.plugins from the command line reach the trainer.)
+    plugin = "{class_path: pytorch_lightning.plugins.precision.MixedPrecision, init_args: {precision: 16-mixed, device: cpu}}"
+    proc = fit_error(tmp_path, "--trainer.plugins", plugin)
+    assert "error: trainer.precision 16-mixed (fp16 with loss scaling) is not supported" in proc.stderr
+    assert "bf16-mixed" in proc.stderr
+
+
 def test_labels_outside_the_classes_are_counted_in_the_run_log(tmp_path, runs):
     proc = run_cli(
         "pipeline.fit",
