@@ -1,17 +1,18 @@
-"""Translation benchmark: Multi30k en->de, BLEU on test_2016_flickr after 10, 20 and 30 minutes of training.
+"""Translation benchmark: Multi30k en->de, BLEU on test_2016_flickr at 10, 20, 25 and 30 minutes of training.
 
     python benchmarks/translation.py                 # 30 minutes of training, then evaluation (~10 more minutes)
     python benchmarks/translation.py --quick         # 2 minutes, small evaluation: checks that the script works
+    python benchmarks/translation.py --run_dir runs/bench-<time>/bench_translation/<run>  # evaluate a finished run
     python benchmarks/translation.py --minutes 45 -- --model.init_args.network.init_args.hidden_size 768
 
 1. Trains ``configs/translation/multi30k_en_de_gru_attn.yaml`` with ``pipeline.fit`` for ``--minutes`` of wall time
    (``trainer.max_time``; validation during training counts), saving the weights every ``--ckpt_every`` steps
    (Lightning ignores ``train_time_interval`` under manual optimization) and when fit ends. Each checkpoint records
    the wall time of its last training step and the tokens trained on.
-2. For each mark (1/3, 2/3 and all of ``--minutes``) takes the last ``--candidates`` checkpoints trained no longer
-   than the mark (the trainer stops at the first step boundary after ``max_time``, so the final mark allows 1%
-   over; the table shows each checkpoint's real time) and picks the one with the best greedy BLEU on ``val`` (test
-   data is never used to choose).
+2. For each mark (a third, two thirds and all of ``--minutes``, and minute 25, where OpenNMT-py's reference figure
+   is; or ``--marks``) takes the last ``--candidates`` checkpoints trained no longer than the mark (the trainer stops
+   at the first step boundary after ``max_time``, so the budget's own mark allows 1% over; the table shows each
+   checkpoint's real time) and picks the one with the best greedy BLEU on ``val`` (test data is never used to choose).
 3. Translates test_2016_flickr with it (beam 5, the config's length penalty) and scores the detokenized output with
    sacrebleu's defaults (BLEU with 13a tokenization, chrF2) against the raw references.
 4. Reports training tokens/s (source + target pieces, padding excluded) and decoding sentences/s (greedy, beam 5),
@@ -104,6 +105,15 @@ def main() -> None:
     parser.add_argument(
         "--runs_dir", default=None, help="Where the run goes (default: a fresh runs/bench-*)."
     )
+    parser.add_argument(
+        "--marks",
+        default=None,
+        help="Comma-separated minutes to report (default: a third, two thirds and all of --minutes, plus 25 when "
+        "the budget reaches it: OpenNMT-py's reference checkpoint is from minute 25).",
+    )
+    parser.add_argument(
+        "--run_dir", default=None, help="Evaluate this finished benchmark run instead of training a new one."
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("overrides", nargs="*", help="Extra pipeline.fit arguments (after --).")
     args = parser.parse_args()
@@ -111,10 +121,12 @@ def main() -> None:
     if args.quick:
         args.minutes, args.ckpt_every = min(args.minutes, 2.0), min(args.ckpt_every, 10)
     limit = 200 if args.quick else None
-    runs_dir = Path(args.runs_dir or ROOT / "runs" / time.strftime("bench-%Y%m%d-%H%M%S"))
-    runs_dir.mkdir(parents=True, exist_ok=True)
-
-    run_dir = train(args, runs_dir)
+    if args.run_dir:
+        run_dir = Path(args.run_dir)
+    else:
+        runs_dir = Path(args.runs_dir or ROOT / "runs" / time.strftime("bench-%Y%m%d-%H%M%S"))
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = train(args, runs_dir)
     by_step = {}  # last.ckpt repeats the newest step checkpoint: keep one file per step
     for p in sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.name == "last.ckpt"):
         info = checkpoint_info(p)
@@ -132,8 +144,14 @@ def main() -> None:
         read_lines("test_2016_flickr", "en", limit),
         read_lines("test_2016_flickr", "de", limit),
     )
-    marks = [args.minutes / 3, 2 * args.minutes / 3, args.minutes]
-    slack = [0.0, 0.0, 0.01 * args.minutes * 60]
+    if args.marks:
+        marks = sorted(float(m) for m in args.marks.split(","))
+    else:
+        marks = sorted(
+            {args.minutes / 3, 2 * args.minutes / 3, args.minutes} | ({25.0} if args.minutes >= 25 else set())
+        )
+    # the trainer stops at the first step boundary after max_time: the budget's own mark allows 1% over
+    slack = [0.01 * args.minutes * 60 if m == args.minutes else 0.0 for m in marks]
     by_mark = [
         [c for c in ckpts if c["train_time_s"] <= m * 60 + e][-args.candidates :]
         for m, e in zip(marks, slack, strict=True)
@@ -218,6 +236,12 @@ def markdown(report: dict) -> str:
             )
         else:
             lines.append(f"| {m['minutes']} | none yet | | | | |")
+    lines += [
+        "",
+        "For comparison, OpenNMT-py 3.0.4 on this machine (2-layer BiLSTM encoder, 2-layer LSTM decoder, hidden 512, "
+        "general attention, input feeding, joint 8k BPE): test BLEU 32.4 (chrF2 56.8) from its checkpoint at 25 "
+        "minutes, about 4,900 tokens/s (issue 5).",
+    ]
     last = report["marks"][-1]
     if last.get("samples"):
         lines += [
