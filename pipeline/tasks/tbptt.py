@@ -31,8 +31,10 @@ Step counting, so that users can reason about it:
   ``train/*`` values are the means over its windows. With one window per batch (the LM: its loader already cuts
   ``bptt`` windows, ``tbptt_steps: null``) batches, windows and optimizer steps are the same count.
   ``train/optimizer_steps`` is logged for plotting against optimizer steps when they differ.
-- Gradients are clipped per window (``clip_norm``, through ``self.clip_gradients``) and the scheduler steps once per
-  window, in :meth:`pipeline.tasks.base.SequenceTask.optimizer_step_on`.
+- Gradients are clipped per window (``clip_norm``) and the scheduler steps once per window, in
+  :meth:`pipeline.tasks.base.SequenceTask.optimizer_step_on`.
+- Under DDP every rank must cut its batch into the same number of windows (each window's step all-reduces
+  gradients); :meth:`TBPTTTask.check_ranks_agree` stops with a sentence when they would not, rather than hang.
 """
 
 from __future__ import annotations
@@ -139,9 +141,11 @@ class TBPTTTask(SequenceTask):
             losses.append((loss.detach(), window.stop - window.start))
             return self.optimizer_step_on(loss * batch["weight"])
 
+        length = self.time_steps(batch)
+        self.check_ranks_agree(length)
         state = truncated_bptt(
             lambda window, state: self.window_loss(batch, window, state),
-            self.time_steps(batch),
+            length,
             self.tbptt_steps,
             self.start_state(batch, self.train_state),
             on_loss,
@@ -151,6 +155,22 @@ class TBPTTTask(SequenceTask):
             self.log("train/optimizer_steps", float(self.trainer.global_step), on_step=True, on_epoch=False)
         steps = sum(n for _, n in losses)
         return sum(loss * n for loss, n in losses) / steps  # mean over the batch's time steps
+
+    def check_ranks_agree(self, length: int) -> None:
+        """Under DDP every rank must take the same number of optimizer steps per batch: each step all-reduces the
+        gradients, so a rank with one window more would wait forever for the others. Batches of different lengths
+        in time (clips of any length without a fixed frame count) would do that; stop with a sentence instead."""
+        if self.trainer.world_size < 2 or not self.tbptt_steps:
+            return
+        n = torch.tensor([len(windows(length, self.tbptt_steps))], device=self.device)
+        counts = self.all_gather(n).flatten().tolist()  # (world,)
+        if min(counts) != max(counts):
+            raise ValueError(
+                f"DDP ranks got batches of different lengths in time ({min(counts)} to {max(counts)} windows of "
+                f"{self.tbptt_steps} steps), so they would take different numbers of optimizer steps and wait on "
+                f"each other forever; give every sequence the same length (e.g. data.num_frames with sampling: "
+                f"uniform) or set model.tbptt_steps: null."
+            )
 
     def on_validation_epoch_start(self) -> None:
         self.val_state = None

@@ -145,3 +145,31 @@ def test_config_builds(config, max_steps, clips, tmp_path):
     assert net.head.out_features == dm.num_classes == (6 if "natops" in config else 40)
     assert (net.frame_head.out_features if net.frame_head is not None else 0) == dm.num_frame_classes
     assert cli.trainer.max_steps == max_steps
+
+
+def test_ddp_ranks_with_different_window_counts_stop_with_a_sentence(clips, tmp_path):
+    """Truncated BPTT under DDP: clips of 8 and 12 frames (every frame kept) give ranks batches of 2 and 3 windows,
+    hence different numbers of optimizer steps, which would hang in the gradient all-reduce. It must stop instead."""
+    long = tmp_path / "long"
+    md.main(["--out", str(long), "--clips", "8", "--val_clips", "1", "--test_clips", "1", "--frames", "12",
+             "--size", "36", "--seed", "1"])  # fmt: skip
+
+    def rows_of(folder):
+        return [json.loads(x) for x in (folder / "train" / "metadata.jsonl").read_text().splitlines()][:8]
+
+    rows = []
+    for s, ln in zip(rows_of(clips), rows_of(long), strict=True):
+        s["file"] = str(clips / "train" / s["file"])
+        rows += [s, ln]  # alternate 8 and 12 frames
+    (long / "train" / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = fit(
+        clips, tmp_path, f"--data.init_args.train.path={long}/train/metadata.jsonl", "--data.init_args.num_frames=null",
+        "--data.init_args.batch_size=1", "--model.init_args.tbptt_steps=4",
+        "--model.init_args.network.init_args.bidirectional=false", "--model.init_args.network.init_args.pooling=last",
+        "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.accelerator=cpu", "--trainer.max_steps=40",
+        "--trainer.logger=false", check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert (
+        "error: DDP ranks got batches of different lengths in time (2 to 3 windows of 4 steps)" in proc.stderr
+    )
