@@ -14,6 +14,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import pytorch_lightning as pl
 import torch
@@ -28,7 +29,7 @@ from pipeline import tracking
 from pipeline.data.faults import DataError, worker_error_message
 from pipeline.data.module import StreamDataModule
 from pipeline.tasks.base import NonFiniteError
-from pipeline.training import rundir
+from pipeline.training import hardware, rundir
 from pipeline.training.checkpoint_io import AtomicCheckpointIO
 from pipeline.training.preemption import Preemption, slurm_plugins
 from pipeline.training.progress import LogProgress
@@ -105,12 +106,21 @@ class PipelineCLI(LightningCLI):
             help="evaluate only: the split to score instead of the validation split (a split name the data module "
             "knows, or a file path under the data root).",
         )
+        parser.add_argument(
+            "--threads",
+            type=int | Literal["auto"],
+            default="auto",
+            help="Torch CPU threads per process. auto: the usable cores (affinity, SLURM --cpus-per-task) divided "
+            "among this node's training processes, less one per DataLoader worker. OMP_NUM_THREADS also wins over auto.",
+        )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 1})
+        allow_auto_precision(parser)
 
     # --- run directory, logger, checkpoints -------------------------------------------------------------------
     def before_instantiate_classes(self) -> None:
         cfg = self.config
+        self.hardware_line = self._choose_hardware()
         if self.mode != "fit":
             cfg.trainer.logger = False
             cfg.trainer.devices = 1  # evaluation and prediction run in one process
@@ -199,7 +209,7 @@ class PipelineCLI(LightningCLI):
                 say(
                     "W&B: no credentials configured, logging offline (set WANDB_API_KEY, or run `wandb login`)."
                 )
-        self._share_cpu()
+        say(self.hardware_line)
         say(f"run directory: {run_dir}")
         if self.resume_from:
             say(f"resuming from {self.resume_from}")
@@ -225,15 +235,20 @@ class PipelineCLI(LightningCLI):
         ):
             self.trainer.save_checkpoint(Path(callback.dirpath) / "last.ckpt")
 
-    def _share_cpu(self) -> None:
-        """Several CPU processes on one machine (DDP on CPU): give each its share of the cores, not all of them.
-        Oversubscribed OpenMP threads spin against each other and can make training many times slower."""
-        trainer = self.trainer
-        if "OMP_NUM_THREADS" in os.environ or trainer.accelerator.__class__.__name__ != "CPUAccelerator":
-            return
-        local = max(1, int(trainer.num_devices))
-        if local > 1:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    def _choose_hardware(self) -> str:
+        """Resolve ``trainer.precision: auto`` and ``--threads auto`` before anything is built (see
+        :mod:`pipeline.training.hardware`); returns the start line that says what was chosen and why."""
+        cfg = self.config
+        caps = hardware.Capabilities.detect()
+        precision, why_precision = hardware.resolve_precision(
+            cfg.trainer.precision, cfg.trainer.accelerator, caps
+        )
+        cfg.trainer.precision = precision
+        processes = hardware.local_processes(cfg.trainer.devices, cfg.trainer.accelerator, caps)
+        workers = int((cfg.data.get("init_args") or {}).get("num_workers") or 0)
+        threads, why_threads = hardware.resolve_threads(cfg.threads, processes, workers)
+        torch.set_num_threads(threads)
+        return f"precision {precision} ({why_precision}); {threads} torch thread{'s' if threads > 1 else ''} ({why_threads})"
 
     def report_end(self) -> None:
         faults = self.datamodule.fault_counts()
@@ -252,6 +267,19 @@ class PipelineCLI(LightningCLI):
             if hint:
                 say(hint)
         say(f"run directory: {self.run_dir}")
+
+
+def allow_auto_precision(parser: LightningArgumentParser) -> None:
+    """Let ``trainer.precision`` take ``auto`` (and make it the default): Lightning's own type has no such value,
+    so the parser's type hint for that one option is widened; the CLI resolves it before the Trainer is built."""
+    for action in parser._actions:
+        if getattr(action, "dest", None) == "trainer.precision":
+            action._typehint = action._typehint | Literal["auto"]  # type: ignore[attr-defined]
+            action.default = "auto"
+            action.help = (
+                "auto (default): bf16-mixed where the device computes bf16 natively (CUDA with bf16, CPUs with AMX "
+                "or AVX512-BF16), else 32-true. Or a Lightning precision: 32-true, bf16-mixed, ..."
+            )
 
 
 def with_logger_save_dir(args: list[str]) -> list[str]:
