@@ -1,0 +1,237 @@
+"""How far each task's shipped config is from this machine's matmul limit, and what Lightning costs over a plain loop.
+
+    python benchmarks/roofline.py [--tasks sentiment translation lm video] [--steps 60] [--warmup 10]
+
+For each task it writes, to ``benchmarks/results/roofline.{json,md}``:
+
+- FLOPs per token (per frame for video) of forward plus backward, analytical: recurrent layers by formula
+  (``2 * gates * H * (I + H)`` per step, direction and layer, forward; backward twice that), every other matmul
+  (embeddings' projections, attention, heads, convolutions) counted by ``torch.utils.flop_counter`` on a real batch,
+  per real (non-pad) token, so padding counts as waste. Elementwise gate arithmetic is not counted (< 5%);
+- the achieved training FLOP/s (FLOPs per token x tokens/s of the pipeline, data wait included);
+- the ``torch.mm`` peak measured in the same run, at the training dtype and thread count, on the GEMM shapes of the
+  model itself (input projections (B*T, I, gH), recurrent (B, H, gH), heads) and on 1024^3 for reference;
+- achieved / peak, and the share of step time spent waiting for data;
+- the pipeline's tokens/s over a plain PyTorch loop's (same network, weights, batches, optimizer; benchmarks/steps.py),
+  and the largest difference between their first 50 losses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import steps  # noqa: E402
+
+RESULTS = steps.ROOT / "benchmarks" / "results"
+CLIPS = steps.ROOT / "benchmarks" / ".data" / "moving_digits"  # generated, git-ignored
+TASKS = {
+    "sentiment": ("configs/sentiment/sst2_bilstm.yaml", []),
+    "translation": ("configs/translation/multi30k_en_de_gru_attn.yaml", []),
+    "lm": ("configs/lm/shakespeare_char_lstm.yaml", []),
+    "video": (
+        "configs/video/moving_digits_lstm.yaml",
+        [f"--data.init_args.{s}.path={CLIPS}/{s}/metadata.jsonl" for s in ("train", "val")],
+    ),
+}
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+# --- FLOPs ----------------------------------------------------------------------------------------------------
+def rnn_forward_flops(module: torch.nn.RNNBase, inputs: tuple) -> tuple[int, list[tuple[int, int, int]]]:
+    """Forward matmul FLOPs of one call of a recurrent module, and its GEMM shapes (M, K, N)."""
+    x = inputs[0]
+    if isinstance(x, torch.nn.utils.rnn.PackedSequence):
+        steps_total, batch = x.data.size(0), int(x.batch_sizes[0])
+    else:
+        b, t = (x.size(0), x.size(1)) if module.batch_first else (x.size(1), x.size(0))
+        steps_total, batch = b * t, b
+    gates = GATES[module.mode.split("_")[0]]  # LSTM, GRU, RNN_TANH, RNN_RELU
+    h, dirs = module.hidden_size, 2 if module.bidirectional else 1
+    flops, shapes = 0, []
+    for layer in range(module.num_layers):
+        i = module.input_size if layer == 0 else h * dirs
+        flops += 2 * gates * h * (i + h) * steps_total * dirs
+        shapes += [(steps_total, i, gates * h), (batch, h, gates * h)]
+    return flops, shapes
+
+
+def count_flops(
+    task: torch.nn.Module, batch: dict, precision: str
+) -> tuple[float, list[tuple[int, int, int]]]:
+    """Forward + backward FLOPs of one training batch (the recurrent part by formula), and the model's GEMM shapes."""
+    rnn_flops, shapes, hooks = [0], [], []
+    rnn_names = {name for name, m in task.named_modules() if isinstance(m, torch.nn.RNNBase)}
+
+    def hook(module, inputs, output):
+        f, s = rnn_forward_flops(module, inputs)
+        rnn_flops[0] += f
+        shapes.extend(s)
+
+    for m in task.modules():
+        if isinstance(m, torch.nn.RNNBase):
+            hooks.append(m.register_forward_hook(hook))
+        if isinstance(m, torch.nn.Linear):
+            hooks.append(
+                m.register_forward_hook(
+                    lambda mod, inp, out: shapes.append(
+                        (inp[0].numel() // mod.in_features, mod.in_features, mod.out_features)
+                    )
+                )
+            )
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision.startswith("bf16"))
+    task.train()
+    with FlopCounterMode(display=False) as counter, autocast:
+        loss = loss_of(task, batch)
+        loss.backward()
+    for h in hooks:
+        h.remove()
+    task.zero_grad(set_to_none=True)
+    counts = counter.get_flop_counts()
+    # GRU/RNN decompose into counted matmuls on CPU, LSTM does not: drop whatever was counted inside any recurrent
+    # module and use the formula for all of them
+    counted_inside = sum(
+        sum(v.values()) for name, v in counts.items() if any(name.endswith(r) for r in rnn_names if r)
+    )
+    other = counter.get_total_flops() - counted_inside
+    return other + 3 * rnn_flops[0], sorted(set(shapes))
+
+
+def loss_of(task, batch: dict) -> torch.Tensor:
+    if isinstance(task, steps.TBPTTTask):
+        task._window_logits = []
+        loss, _ = task.window_loss(batch, slice(0, task.time_steps(batch)), None)
+        return loss
+    return steps.plain_loss(task, batch)
+
+
+# --- the matmul peak --------------------------------------------------------------------------------------------
+def mm_gflops(m: int, k: int, n: int, dtype: torch.dtype, seconds: float = 0.5) -> float:
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    torch.mm(a, b)
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        reps += 1
+    return 2 * m * k * n * reps / (time.perf_counter() - start) / 1e9
+
+
+def mm_peak(shapes: list[tuple[int, int, int]], dtype: torch.dtype) -> dict:
+    big = sorted(shapes, key=lambda s: -s[0] * s[1] * s[2])[:6]  # the largest GEMMs carry the FLOPs
+    measured = {f"{m}x{k}x{n}": round(mm_gflops(m, k, n, dtype), 1) for m, k, n in big}
+    best = max(measured, key=measured.get)
+    return {"shapes": measured, "peak_gflops": measured[best], "peak_shape": best,
+            "square_1024_gflops": round(mm_gflops(1024, 1024, 1024, dtype), 1)}  # fmt: skip
+
+
+# --- one task -----------------------------------------------------------------------------------------------------
+def ensure_clips() -> None:
+    if not (CLIPS / "train" / "metadata.jsonl").is_file():
+        subprocess.run(
+            [sys.executable, "-m", "pipeline.data.moving_digits", "--out", str(CLIPS), "--clips", "400"],
+            cwd=steps.ROOT, check=True,
+        )  # fmt: skip
+
+
+def measure(task: str, n_steps: int, warmup: int, runs: Path, extra: list[str]) -> dict:
+    config, overrides = TASKS[task]
+    if task == "video":
+        ensure_clips()
+    result = steps.compare(config, runs / task, *overrides, *extra, steps=n_steps, warmup=warmup)
+    cli = result.pop("cli")
+    batch = next(iter(cli.datamodule.train_dataloader()))
+    flops, shapes = count_flops(cli.model.cpu(), batch, result["precision"])
+    per_unit = flops / steps.batch_units(batch)
+    dtype = torch.bfloat16 if result["precision"].startswith("bf16") else torch.float32
+    peak = mm_peak(shapes, dtype)
+    achieved = per_unit * result["pipeline"]["units_per_s"] / 1e9
+    return result | {
+        "config": config,
+        "unit": "frame" if task == "video" else "token",
+        "flops_per_unit": per_unit,
+        "achieved_gflops": achieved,
+        "mm": peak,
+        "fraction_of_peak": achieved / peak["peak_gflops"],
+    }
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+def machine() -> dict:
+    return {
+        "cpu": cpu_name(),
+        "cores": len(os.sched_getaffinity(0)),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "amx": bool(torch.cpu._is_amx_tile_supported()),
+        "avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported()),
+        "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def table(rows: dict) -> list[str]:
+    lines = [
+        "| task | precision | threads | FLOPs/unit (fwd+bwd) | pipeline units/s | achieved GFLOP/s | mm peak GFLOP/s "
+        "(shape) | of peak | data wait | plain loop units/s | pipeline / plain | max loss diff (first n) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for task, r in rows.items():
+        lines.append(
+            f"| {task} ({r['unit']}) | {r['precision']} | {r['threads']} | {r['flops_per_unit'] / 1e6:.2f} M | "
+            f"{r['pipeline']['units_per_s']:,.0f} | {r['achieved_gflops']:.1f} | {r['mm']['peak_gflops']} "
+            f"({r['mm']['peak_shape']}) | {r['fraction_of_peak']:.1%} | {r['pipeline']['data_wait_share']:.1%} | "
+            f"{r['plain']['units_per_s']:,.0f} | {r['ratio']:.3f} | {r['max_loss_diff']:.2e} ({r['losses_compared']}) |"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--steps", type=int, default=60, help="Optimizer steps per run (default 60).")
+    parser.add_argument("--warmup", type=int, default=10, help="Untimed first steps (default 10).")
+    parser.add_argument("--name", default="roofline", help="Result file name under benchmarks/results/.")
+    parser.add_argument(
+        "overrides", nargs="*", help="CLI overrides for every config, e.g. --trainer.precision=32-true"
+    )
+    args = parser.parse_args(argv)
+    os.environ.setdefault("WANDB_MODE", "offline")
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for task in args.tasks:
+            print(f"[roofline] {task} ...", file=sys.stderr, flush=True)
+            rows[task] = measure(task, args.steps, args.warmup, Path(tmp), args.overrides)
+    report = {"machine": machine(), "steps": args.steps, "warmup": args.warmup, "tasks": rows}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    m = report["machine"]
+    head = [
+        f"CPU: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, capability {m['cpu_capability']}, "
+        f"AMX {m['amx']}, AVX512-BF16 {m['avx512_bf16']}; load average after the run {m['load_average_1_5_15min']}; "
+        f"{args.steps} steps, first {args.warmup} untimed.",
+        "",
+    ]
+    text = "\n".join(head + table(rows)) + "\n"
+    (RESULTS / f"{args.name}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
