@@ -205,7 +205,9 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--quick", action="store_true", help="2 minutes, marks at 1 and 2; writes char_lm.quick.*"
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, = cores)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: the pipeline's --threads auto)"
+    )
     parser.add_argument("--log_every", type=float, default=0.5, help="minutes between progress lines")
     parser.add_argument("--schedule", choices=["time", "config"], default="time")
     parser.add_argument("--warmup_steps", type=int, default=10, help="warm-up of the time schedule, in steps")
@@ -217,8 +219,6 @@ def run(argv: list[str] | None = None) -> dict:
         args.minutes, args.marks = 2.0, args.marks or "1,2"
     marks = [float(m) for m in (args.marks or "5,10,15").split(",")]
     marks = [m for m in marks if m < args.minutes] + [args.minutes]
-    if args.threads:
-        torch.set_num_threads(args.threads)
     os.environ.setdefault("WANDB_MODE", "offline")
     start = time.perf_counter()
     fit_args = [
@@ -233,6 +233,7 @@ def run(argv: list[str] | None = None) -> dict:
         "--trainer.enable_progress_bar", "false",
         "--checkpoint.monitor", "null",
         "--checkpoint.save_top_k", "0",
+        *(["--threads", str(args.threads)] if args.threads else []),
     ]  # fmt: skip
     if args.schedule == "time":
         fit_args += ["--model.init_args.scheduler", "null"]

@@ -249,9 +249,9 @@ def main() -> None:
     parser.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="OMP_NUM_THREADS of the training runs (0: torch's default). On 2 cores, 1 trains and the other decodes "
-        "(data.num_workers: 1); two torch threads that share a core with the decoder wait on each other.",
+        default=0,
+        help="OMP_NUM_THREADS of the training runs (0: the pipeline's --threads auto, which leaves a core to each "
+        "decoding worker: on 2 cores with data.num_workers 1, 1 thread trains and the other core decodes).",
     )
     parser.add_argument(
         "--work", type=Path, default=ROOT / "runs" / "bench_video", help="Clips and runs go here."
