@@ -20,7 +20,7 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.loggers import WandbLogger
 from torch import nn
 
-from pipeline.data.tokenizer import EOS, PAD
+from pipeline.data.tokenizer import BOS, EOS, PAD
 from pipeline.models.beam_search import beam_search, greedy_search
 from pipeline.tasks.base import SequenceTask
 from pipeline.tasks.heatmap import attention_image, pad_image
@@ -70,6 +70,11 @@ class TranslationTask(SequenceTask):
         num_heatmaps: int = 3,
     ) -> None:
         super().__init__(optimizer, scheduler, clip_norm, max_nonfinite_steps)
+        if getattr(network, "pad_id", PAD) != PAD:
+            raise ValueError(
+                f"model.network.pad_id is {network.pad_id}, but the translation data pads with id {PAD}; "
+                f"remove pad_id from the config."
+            )
         self.network = network
         self.teacher_forcing, self.label_smoothing = teacher_forcing, label_smoothing
         self.bleu_every_n_val, self.length_penalty = bleu_every_n_val, length_penalty
@@ -127,7 +132,12 @@ class TranslationTask(SequenceTask):
     def translate_ids(self, src: torch.Tensor, src_lengths: torch.Tensor, beam_size: int | None = None):
         """Batch of source ids -> target id lists (greedy for beam 1)."""
         beam = self.beam_size if beam_size is None else beam_size
-        opts = {"max_length_ratio": self.max_length_ratio, "max_length_offset": self.max_length_offset}
+        opts = {
+            "max_length_ratio": self.max_length_ratio,
+            "max_length_offset": self.max_length_offset,
+            "bos": BOS,  # the models know no token ids: the data's tokenizers fix them
+            "eos": EOS,
+        }
         if beam <= 1:
             return greedy_search(self.network, src, src_lengths, **opts)[0]
         return beam_search(
@@ -219,6 +229,8 @@ class TranslationTask(SequenceTask):
             self.max_length_ratio,
             self.max_length_offset,
             return_attention=True,
+            bos=BOS,
+            eos=EOS,
         )
         images, captions = [], []
         for b, (ids, w) in enumerate(zip(hyps, weights, strict=True)):
