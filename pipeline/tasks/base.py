@@ -72,10 +72,10 @@ class SequenceTask(pl.LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"},
-        }
+        scheduler = self.scheduler_factory(optimizer)
+        if hasattr(scheduler, "attach"):  # a schedule on the trainer's clock (schedules.WallClock)
+            scheduler.attach(self.trainer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --- the one optimizer-step path --------------------------------------------------------------------------
     def optimizer_step_on(self, loss: torch.Tensor) -> bool:
