@@ -35,6 +35,7 @@ class TranslationTask(SequenceTask):
         scheduler: See :class:`pipeline.tasks.base.SequenceTask`.
         clip_norm: See :class:`pipeline.tasks.base.SequenceTask`.
         max_nonfinite_steps: See :class:`pipeline.tasks.base.SequenceTask`.
+        ema_decay: See :class:`pipeline.tasks.base.SequenceTask`.
         teacher_forcing: Probability of feeding the reference previous token in training (1: always; lower mixes in
             the model's own predictions, which makes every step sequential and slower).
         label_smoothing: Share of the target probability spread over the vocabulary (Szegedy et al., 2016).
@@ -68,8 +69,9 @@ class TranslationTask(SequenceTask):
         num_samples: int = 8,
         heatmap_sentences: list[str] | None = None,
         num_heatmaps: int = 3,
+        ema_decay: float | None = None,
     ) -> None:
-        super().__init__(optimizer, scheduler, clip_norm, max_nonfinite_steps)
+        super().__init__(optimizer, scheduler, clip_norm, max_nonfinite_steps, ema_decay)
         if getattr(network, "pad_id", PAD) != PAD:
             raise ValueError(
                 f"model.network.pad_id is {network.pad_id}, but the translation data pads with id {PAD}; "

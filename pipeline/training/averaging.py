@@ -3,7 +3,7 @@
 The element-wise mean of the weights of a few checkpoints of one run, usually the last N, is a cheap ensemble that
 tends to score a little better than the last checkpoint alone. The result is an ordinary checkpoint: the newest input
 with its ``state_dict`` replaced by the mean (floating-point tensors, summed in float64; integer buffers are taken
-from the newest), its optimizer state dropped (it belongs to none of the averaged weights), and the sources listed
+from the newest), its optimizer state and live EMA weights dropped (they belong to none of the averaged weights), and the sources listed
 under ``averaged_from``. It is written to ``<run>/averaged/`` by default, so that evaluate, translate, sample and
 predict find the run's config.yaml and tokenizer beside it, and ``--ckpt_path last`` and the "last N" of a later
 average never pick it up::
@@ -92,7 +92,7 @@ def average_checkpoints(paths: list[Path]) -> dict[str, Any]:
         if "state_dict" not in ckpt:
             raise ValueError(f"{name} has no state_dict: not a checkpoint of this pipeline.")
     newest = max(range(len(loaded)), key=lambda i: int(loaded[i].get("global_step", -1)))
-    out = {k: v for k, v in loaded[newest].items() if k not in ("optimizer_states", "lr_schedulers")}
+    out = {k: v for k, v in loaded[newest].items() if k not in ("optimizer_states", "lr_schedulers", "ema")}
     out["state_dict"] = average_state_dicts([c["state_dict"] for c in loaded], names)
     out["averaged_from"] = [str(Path(p).resolve()) for p in paths]
     return out
