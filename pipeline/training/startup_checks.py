@@ -157,7 +157,9 @@ class ValidationSchedule(pl.Callback):
         interval = self.interval(trainer)
         if self.warned or interval is None or trainer.check_val_every_n_epoch is None or trainer.should_stop:
             return
-        whole_epoch = trainer.current_epoch == 0 and trainer.ckpt_path is None  # not resumed part-way
+        # the data ran out (not max_steps), in an epoch that was not resumed part-way
+        ran_out = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        whole_epoch = ran_out and trainer.current_epoch == 0 and trainer.ckpt_path is None
         if whole_epoch and 0 < batches < interval:
             self.epoch_too_short(interval, f"{batches}")
 

@@ -8,6 +8,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from pipeline.data import moving_digits as md
 from tests.conftest import run_cli, run_dir_of
@@ -71,6 +72,16 @@ def test_validation_interval_longer_than_an_epoch_is_said_at_start(tmp_path):
         "--trainer.val_check_interval", "50", "--trainer.max_steps", "60", tmp_path=tmp_path,
     )  # fmt: skip
     assert "never reached" not in proc.stderr and "final validation metrics" in proc.stderr
+    # token-budget batches: too many records to bound the epoch at start, so it is said when the first epoch ends
+    proc = run_cli(
+        "pipeline.fit", "--config", SENTIMENT, "--runs_dir", str(tmp_path / "runs"), "--trainer.logger=false",
+        "--data.init_args.batch_size", "null", "--data.init_args.max_tokens", "2000",
+        "--trainer.val_check_interval", "500", "--trainer.check_val_every_n_epoch", "1",
+        "--trainer.max_steps", "-1", "--trainer.max_epochs", "1", tmp_path=tmp_path,
+    )  # fmt: skip
+    steps = torch.load(run_dir_of(proc) / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    said = [ln for ln in proc.stderr.splitlines() if "val_check_interval 500 is never reached" in ln]
+    assert len(said) == 1 and f"an epoch has {steps} batches, so no validation will run" in said[0]
 
 
 @pytest.fixture(scope="module")
