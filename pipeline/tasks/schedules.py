@@ -43,11 +43,16 @@ class Warmup(LambdaLR):
         super().__init__(optimizer, factor)
 
 
-def seconds_of(budget: str | float | None) -> float | None:
+def seconds_of(budget: float | str | None) -> float | None:
     """A wall-clock budget in seconds, from seconds or Lightning's ``DD:HH:MM:SS`` (as ``trainer.max_time``)."""
-    if budget is None or isinstance(budget, int | float):
-        return None if budget is None else float(budget)
-    parts = [float(p) for p in str(budget).split(":")]
+    if budget is None:
+        return None
+    try:
+        parts = [float(p) for p in str(budget).split(":")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        return parts[0]
     if len(parts) != 4:
         raise ValueError(f"scheduler budget {budget!r}: give seconds or DD:HH:MM:SS, e.g. 00:00:25:00.")
     days, hours, minutes, secs = parts
@@ -85,7 +90,7 @@ class WallClock(LRScheduler):
         warmup_steps: int = 100,
         decay: Literal["linear", "cosine"] = "cosine",
         min_factor: float = 0.1,
-        budget: str | float | None = None,
+        budget: float | str | None = None,
     ) -> None:
         self.warmup_steps, self.decay, self.min_factor = warmup_steps, decay, min_factor
         self.budget_s = seconds_of(budget)
