@@ -10,10 +10,10 @@ hidden state carried through each stream as in validation) and stops after the l
 training starts (setup: reading the corpus, building the model, is reported separately) and keeps running during
 the mark evaluations, so "loss at 10 minutes" is what 10 minutes of wall time bought, evaluation included.
 
-The learning rate follows the wall clock (``--schedule time``, default): linear warm-up over the config's warm-up steps,
-then cosine decay to ``min_factor`` x peak at the end of the budget, whatever the machine's speed; a step-based
-cosine would end too early on a fast machine and too late on a slow one (a time-budgeted schedule as in Geiping &
-Goldstein, 2023, "Cramming"). ``--schedule config`` keeps the config's step-based scheduler.
+The learning rate follows the wall clock (``--schedule time``, default): ``pipeline.tasks.schedules.WallClock``, linear
+warm-up over ``--warmup_steps``, then cosine decay to 0.1 x peak at the end of the budget, whatever the machine's
+speed; a step-based cosine would end too early on a fast machine and too late on a slow one (a time-budgeted schedule
+as in Geiping & Goldstein, 2023, "Cramming"). ``--schedule config`` keeps the config's step-based scheduler.
 
 Writes ``benchmarks/results/char_lm.json`` and ``char_lm.md`` (``--quick``: ``char_lm.quick.*``), with a sample at
 temperature 0.8 from the final checkpoint. Baseline for comparison: pytorch/examples ``word_language_model`` (LSTM
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -59,27 +58,15 @@ class WallClockMarks(pl.Callback):
 
     Args:
         marks: Minutes at which to evaluate; training stops after the last.
-        schedule_time: Set the learning rate from the elapsed share of the budget (warm-up, then cosine).
-        warmup_steps: Optimizer steps of linear warm-up (time schedule only).
-        min_factor: Final learning rate as a share of the peak (time schedule only).
         log_every: Minutes between progress lines on stderr.
     """
 
-    def __init__(
-        self,
-        marks: list[float],
-        schedule_time: bool,
-        warmup_steps: int = 10,
-        min_factor: float = 0.1,
-        log_every: float = 0.5,
-    ) -> None:
-        self.marks, self.schedule_time, self.log_every = sorted(marks), schedule_time, log_every
+    def __init__(self, marks: list[float], log_every: float = 0.5) -> None:
+        self.marks, self.log_every = sorted(marks), log_every
         self.next_log, self.train_ema = log_every, None
-        self.warmup_steps, self.min_factor = warmup_steps, min_factor
         self.results: list[dict] = []
         self.t0 = self.cpu0 = 0.0
         self.chars = 0
-        self.peak_lr: list[float] = []
         self.checkpoint: Path | None = None
 
     def elapsed(self) -> float:
@@ -87,19 +74,6 @@ class WallClockMarks(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.t0, self.cpu0 = time.perf_counter(), time.process_time()
-        self.peak_lr = [g["lr"] for g in trainer.optimizers[0].param_groups]
-
-    def on_train_batch_start(self, trainer, pl_module, batch: dict, batch_idx: int) -> None:
-        if not self.schedule_time:
-            return
-        step = trainer.global_step
-        share = min(1.0, self.elapsed() / (60.0 * self.marks[-1]))
-        if step < self.warmup_steps:
-            factor = (step + 1) / self.warmup_steps
-        else:
-            factor = self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * share))
-        for group, peak in zip(trainer.optimizers[0].param_groups, self.peak_lr, strict=True):
-            group["lr"] = peak * factor
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: dict, batch_idx: int) -> None:
         self.chars += int(batch["n_chars"])
@@ -235,10 +209,16 @@ def run(argv: list[str] | None = None) -> dict:
         "--checkpoint.save_top_k", "0",
         *(["--threads", str(args.threads)] if args.threads else []),
     ]  # fmt: skip
-    if args.schedule == "time":
-        fit_args += ["--model.init_args.scheduler", "null"]
+    if (
+        args.schedule == "time"
+    ):  # decays over the budget on its own clock: the marks stop the run, not max_time
+        fit_args += [
+            "--model.init_args.scheduler", "pipeline.tasks.schedules.WallClock",
+            "--model.init_args.scheduler.warmup_steps", str(args.warmup_steps),
+            "--model.init_args.scheduler.budget", str(60.0 * args.minutes),
+        ]  # fmt: skip
     cli = PipelineCLI(args=fit_args + args.extra, mode="fit")
-    marks_cb = WallClockMarks(marks, args.schedule == "time", args.warmup_steps, log_every=args.log_every)
+    marks_cb = WallClockMarks(marks, log_every=args.log_every)
     cli.trainer.callbacks.append(marks_cb)
     load_start = os.getloadavg()[0]
     setup_s = time.perf_counter() - start

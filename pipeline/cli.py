@@ -29,7 +29,7 @@ from pipeline import tracking
 from pipeline.data.faults import DataError, worker_error_message
 from pipeline.data.module import StreamDataModule
 from pipeline.tasks.base import NonFiniteError
-from pipeline.training import hardware, rundir
+from pipeline.training import hardware, rundir, startup_checks
 from pipeline.training.checkpoint_io import AtomicCheckpointIO
 from pipeline.training.preemption import Preemption, slurm_plugins
 from pipeline.training.progress import LogProgress
@@ -63,6 +63,7 @@ class PipelineCLI(LightningCLI):
         self.mode = mode
         self.run_dir: Path | None = None
         self.resume_from: Path | None = None
+        startup_checks.quiet_lightning()
         super().__init__(
             model_class=pl.LightningModule,
             datamodule_class=StreamDataModule,
@@ -179,6 +180,7 @@ class PipelineCLI(LightningCLI):
         trainer = super().instantiate_trainer(plugins=plugins, **kwargs)
         resume = ResumeState(seed=int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else 0)
         trainer.callbacks.insert(0, resume)
+        startup_checks.install(trainer, self.mode)
         if self.mode == "fit" and not sys.stderr.isatty():
             trainer.callbacks.append(LogProgress())
         trace = DataTrace.from_env()

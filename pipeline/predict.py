@@ -1,7 +1,9 @@
 """Predict line by line: ``python -m pipeline.predict --ckpt_path <ckpt> [--input FILE] [--batch N]``.
 
 Reads sentences from ``--input`` (or stdin), writes one line per input line to stdout; for sentiment that is
-``<label>\\t<probability>``. The model and tokenizer are rebuilt from the checkpoint's run directory.
+``<label>\\t<probability>``. An empty (or blank) input line gets an empty output line, so that output line N
+still answers input line N; how many there were is said on stderr. The model and tokenizer are rebuilt from the
+checkpoint's run directory.
 """
 
 from __future__ import annotations
@@ -40,10 +42,27 @@ def run(argv: list[str] | None = None) -> None:
     stream = open(args.input, encoding="utf-8") if args.input else sys.stdin
     with stream:
         lines = [line.rstrip("\n") for line in stream]
-    for start in range(0, len(lines), args.batch):
-        for out in cli.model.predict_lines(lines[start : start + args.batch], cli.datamodule):
-            print(out, flush=False)
+    for out in predict_aligned(cli.model, cli.datamodule, lines, args.batch):
+        print(out, flush=False)
     sys.stdout.flush()
+
+
+def predict_aligned(model, datamodule, lines: list[str], batch: int) -> list[str]:
+    """One output per input line: the model's answer, or an empty line for a blank input (counted on stderr)."""
+    out = [""] * len(lines)
+    given = [i for i, line in enumerate(lines) if line.strip()]
+    for start in range(0, len(given), batch):
+        idx = given[start : start + batch]
+        for i, answer in zip(idx, model.predict_lines([lines[i] for i in idx], datamodule), strict=True):
+            out[i] = answer
+    if len(given) < len(lines):
+        blank = len(lines) - len(given)
+        print(
+            f"[pipeline] {blank} empty input line{'s' if blank > 1 else ''}: written as empty output lines, so that "
+            f"output line N still answers input line N.",
+            file=sys.stderr,
+        )
+    return out
 
 
 if __name__ == "__main__":

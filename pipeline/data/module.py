@@ -146,6 +146,7 @@ class StreamDataModule(pl.LightningDataModule):
         if self.val_source is None:
             return []
         if self._val_loader is None:
+            self.check()  # before Lightning's sanity check reads a batch: a wrong column is one error, not skips
             self._val_loader = StreamLoader(
                 self._stream(self.val_source, False), self.num_workers, self._epoch, False
             )

@@ -18,6 +18,9 @@ this is exactly greedy decoding: the only kept candidate is the arg-max, and an 
 Length penalty (Wu et al., 2016): score = log P(y) / ((5 + |y|) / 6) ** alpha, |y| counting the EOS; alpha = 0 ranks
 by raw log-probability, larger alpha favours longer translations. Maximum length per sentence:
 ``ceil(max_length_ratio * source length) + max_length_offset`` target tokens.
+
+The begin- and end-of-sentence ids (``bos``, ``eos``) are arguments: they belong to the target vocabulary, which
+the caller (the task, from its data) knows and a model does not.
 """
 
 from __future__ import annotations
@@ -26,8 +29,6 @@ import math
 from typing import Any
 
 import torch
-
-from pipeline.data.tokenizer import BOS, EOS
 
 
 def select_rows(tree: Any, index: torch.Tensor) -> Any:
@@ -58,13 +59,16 @@ def greedy_search(
     max_length_ratio: float = 1.5,
     max_length_offset: int = 5,
     return_attention: bool = False,
+    *,
+    bos: int,
+    eos: int,
 ) -> tuple[list[list[int]], list[torch.Tensor] | None]:
     """Arg-max decoding of a batch: src (B, S) -> B token lists (EOS stripped) and, optionally, attention (T_b, S_b)."""
     memory, state = model.start(src, src_lengths)
     batch = src.size(0)
     limits = max_lengths(src_lengths, max_length_ratio, max_length_offset)
     limit_t = torch.tensor(limits, device=src.device)
-    tokens = torch.full((batch,), BOS, dtype=torch.long, device=src.device)
+    tokens = torch.full((batch,), bos, dtype=torch.long, device=src.device)
     done = torch.zeros(batch, dtype=torch.bool, device=src.device)
     steps, weights = [], []
     for t in range(max(limits)):
@@ -73,14 +77,14 @@ def greedy_search(
         steps.append(tokens)
         if return_attention:
             weights.append(attn.float())
-        done |= (tokens == EOS) | (t + 1 >= limit_t)
+        done |= (tokens == eos) | (t + 1 >= limit_t)
         if bool(done.all()):
             break
     out = torch.stack(steps, 1).tolist()  # (B, T)
     hyps = []
     for b, row in enumerate(out):
         row = row[: limits[b]]
-        hyps.append(row[: row.index(EOS)] if EOS in row else row)
+        hyps.append(row[: row.index(eos)] if eos in row else row)
     if not return_attention:
         return hyps, None
     attn_all = torch.stack(weights, 1)  # (B, T, S)
@@ -97,6 +101,9 @@ def beam_search(
     length_penalty_alpha: float = 0.6,
     max_length_ratio: float = 1.5,
     max_length_offset: int = 5,
+    *,
+    bos: int,
+    eos: int,
 ) -> list[list[int]]:
     """Beam search of a batch: src (B, S) -> the best hypothesis per sentence as a token list (EOS stripped)."""
     batch, k, device = src.size(0), beam_size, src.device
@@ -106,7 +113,7 @@ def beam_search(
     memory, state = select_rows(memory, expand), select_rows(state, expand)
     scores = torch.full((batch, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # the first step expands one beam per sentence, not K identical ones
-    tokens = torch.full((batch * k,), BOS, dtype=torch.long, device=device)
+    tokens = torch.full((batch * k,), bos, dtype=torch.long, device=device)
     history: list[list[int]] = [[] for _ in range(batch * k)]
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]
     done = [False] * batch
@@ -126,7 +133,7 @@ def beam_search(
                     if score == float("-inf"):
                         break
                     row, token = b * k + idx // vocab, idx % vocab
-                    if token == EOS:
+                    if token == eos:
                         if rank < k:
                             hyp = history[row]
                             finished[b].append(
@@ -144,8 +151,8 @@ def beam_search(
                 if len(finished[b]) >= k or last or not keep:
                     done[b] = True
             if done[b]:  # keep the rows busy with a dead beam; its score stays -inf
-                keep = [(b * k, EOS, float("-inf"))] * k
-            keep += [(keep[0][0], EOS, float("-inf"))] * (k - len(keep))
+                keep = [(b * k, eos, float("-inf"))] * k
+            keep += [(keep[0][0], eos, float("-inf"))] * (k - len(keep))
             for row, token, score in keep:
                 rows.append(row)
                 next_tokens.append(token)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.data.tokenizer import PAD
 from pipeline.models.attention import Attention, Kind, source_mask
 from pipeline.models.recurrent import Cell, make_rnn, run_packed
 
@@ -47,6 +46,8 @@ class Seq2Seq(nn.Module):
         dropout: Dropout on embeddings, between stacked layers and on h~.
         tie_embeddings: Share the target embedding matrix with the output layer (Press & Wolf, 2017).
         share_embeddings: Share source and target embeddings (needs a joint vocabulary).
+        pad_id: The padding token id of both vocabularies (the pipeline's tokenizers reserve 0); its embedding row
+            stays zero and gets no gradient.
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class Seq2Seq(nn.Module):
         dropout: float = 0.3,
         tie_embeddings: bool = False,
         share_embeddings: bool = False,
+        pad_id: int = 0,
     ) -> None:
         super().__init__()
         if bidirectional and hidden_size % 2:
@@ -79,15 +81,15 @@ class Seq2Seq(nn.Module):
                 f"share_embeddings needs one joint vocabulary, but the source has {src_vocab_size} ids and the "
                 f"target {tgt_vocab_size}; set data.joint_vocab: true or model share_embeddings: false."
             )
-        self.cell, self.input_feeding = cell, input_feeding
+        self.cell, self.input_feeding, self.pad_id = cell, input_feeding, pad_id
         self.decoder_layers, self.hidden_size, self.output_size = decoder_layers, hidden_size, out_size
         enc_hidden = hidden_size // 2 if bidirectional else hidden_size
 
-        self.src_embed = nn.Embedding(src_vocab_size, embedding_dim, padding_idx=PAD)
+        self.src_embed = nn.Embedding(src_vocab_size, embedding_dim, padding_idx=pad_id)
         self.tgt_embed = (
             self.src_embed
             if share_embeddings
-            else nn.Embedding(tgt_vocab_size, embedding_dim, padding_idx=PAD)
+            else nn.Embedding(tgt_vocab_size, embedding_dim, padding_idx=pad_id)
         )
         self.encoder = make_rnn(cell, embedding_dim, enc_hidden, encoder_layers, dropout, bidirectional)
         # final encoder state (both directions of the last layer) -> initial decoder state of every layer

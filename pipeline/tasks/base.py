@@ -13,7 +13,9 @@ rely on:
 - a step whose loss or gradient norm is NaN/Inf is skipped: no parameter or optimizer state changes, it is counted
   (``train/nonfinite_steps``), and after ``max_nonfinite_steps`` in a row training stops with a clear message. Under DDP
   the decision is all-reduced, so every rank skips the same steps and weights never diverge;
-- the learning-rate scheduler is stepped after every optimizer step that was taken.
+- the learning-rate scheduler is stepped after every optimizer step that was taken;
+- with ``ema_decay`` set, an exponential moving average of the weights is updated after every step taken; it is
+  what validation scores and what checkpoints hold as ``state_dict`` (see :mod:`pipeline.tasks.ema`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 
 from pipeline.data.faults import KINDS
+from pipeline.tasks.ema import WeightEMA
 
 
 class NonFiniteError(RuntimeError):
@@ -40,6 +43,8 @@ class SequenceTask(pl.LightningModule):
         clip_norm: Clip the global gradient norm to this value (null: no clipping). The norm before clipping is logged
             as ``train/grad_norm``.
         max_nonfinite_steps: Stop after this many consecutive steps with a NaN/Inf loss or gradient norm.
+        ema_decay: Keep an exponential moving average of the weights with this decay (e.g. 0.999; null: none); the
+            average is validated and saved as the checkpoint's weights (:mod:`pipeline.tasks.ema`).
     """
 
     def __init__(
@@ -48,8 +53,14 @@ class SequenceTask(pl.LightningModule):
         scheduler: LRSchedulerCallable | None = None,
         clip_norm: float | None = 1.0,
         max_nonfinite_steps: int = 10,
+        ema_decay: float | None = None,
     ) -> None:
         super().__init__()
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"model.ema_decay is {ema_decay}; set it between 0 and 1 (e.g. 0.999), or null.")
+        self.ema_decay = ema_decay
+        self.ema: WeightEMA | None = None  # made when fit starts
+        self._ema_resume: tuple[dict, int] | None = None  # (average, updates) of the checkpoint a fit resumes
         self.automatic_optimization = False
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.clip_norm, self.max_nonfinite_steps = clip_norm, max_nonfinite_steps
@@ -67,15 +78,19 @@ class SequenceTask(pl.LightningModule):
                 "trainer.precision 16-mixed (fp16 with loss scaling) is not supported by the training step; "
                 "use bf16-mixed (Ampere or newer GPUs, recent CPUs) or 32-true."
             )
+        if self.ema_decay is not None:
+            average, updates = self._ema_resume or (None, 0)
+            self.ema = WeightEMA(self, self.ema_decay, start=average)
+            self.ema.updates = updates
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"},
-        }
+        scheduler = self.scheduler_factory(optimizer)
+        if hasattr(scheduler, "attach"):  # a schedule on the trainer's clock (schedules.WallClock)
+            scheduler.attach(self.trainer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --- the one optimizer-step path --------------------------------------------------------------------------
     def optimizer_step_on(self, loss: torch.Tensor) -> bool:
@@ -112,6 +127,8 @@ class SequenceTask(pl.LightningModule):
             # the norm is already known: scale by clip_norm / norm without a second pass over the gradients
             torch.nn.utils.clip_grads_with_norm_(self.parameters(), self.clip_norm, norm)
         opt.step()
+        if self.ema is not None:
+            self.ema.update(self)
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
@@ -162,7 +179,14 @@ class SequenceTask(pl.LightningModule):
         self._tick = None  # the first batch of an epoch waits for the stream to start: not counted
         self._window, self._pad = [0.0, 0, 0], [0.0, 0]
 
+    def on_validation_model_eval(self) -> None:
+        super().on_validation_model_eval()
+        if self.ema is not None and not self.ema.swapped:
+            self.ema.swap(self)  # validate the average; swapped back in on_validation_end, after checkpoints
+
     def on_validation_end(self) -> None:
+        if self.ema is not None and self.ema.swapped:
+            self.ema.swap(self)
         if self._tick is not None:
             self._tick = time.perf_counter()  # validation time is not training throughput
 
@@ -187,6 +211,19 @@ class SequenceTask(pl.LightningModule):
                     f"parameter {name} is not finite; refusing to write a checkpoint with it."
                 )
         checkpoint["nonfinite_total"] = self.nonfinite_total
+        if (
+            self.ema is not None
+        ):  # the average is the checkpoint's weights; the live ones ride along for resuming
+            average, live = self.ema.average_and_live(self)
+            state = checkpoint["state_dict"]
+            state.update({n: t.to(state[n].dtype) for n, t in average.items()})
+            checkpoint["ema"] = {"live": live, "updates": self.ema.updates, "decay": self.ema.decay}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.nonfinite_total = checkpoint.get("nonfinite_total", 0)
+        ema = checkpoint.get("ema")
+        if ema is not None and self._trainer is not None and self.trainer.state.fn == "fit":
+            # a resumed fit trains on the live weights (loaded right after this hook) and carries the average on
+            state = checkpoint["state_dict"]
+            self._ema_resume = ({n: state[n].clone() for n in ema["live"]}, int(ema["updates"]))
+            state.update({n: t.to(state[n].dtype) for n, t in ema["live"].items()})

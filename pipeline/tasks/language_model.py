@@ -40,6 +40,7 @@ class LanguageModelTask(TBPTTTask):
         sample_length: Tokens to generate for each validation sample (0: no samples).
         sample_temperature: Sampling temperature of the validation samples.
         sample_seed: Seed of the validation samples (the same seed at every validation, so rows compare models).
+        ema_decay: See :class:`pipeline.tasks.base.SequenceTask`.
     """
 
     def __init__(
@@ -55,8 +56,11 @@ class LanguageModelTask(TBPTTTask):
         sample_length: int = 200,
         sample_temperature: float = 0.8,
         sample_seed: int = 0,
+        ema_decay: float | None = None,
     ) -> None:
-        super().__init__(optimizer, scheduler, clip_norm, max_nonfinite_steps, tbptt_steps, carry_state)
+        super().__init__(
+            optimizer, scheduler, clip_norm, max_nonfinite_steps, tbptt_steps, carry_state, ema_decay
+        )
         self.network = network
         self.sample_prime, self.sample_length = sample_prime, sample_length
         self.sample_temperature, self.sample_seed = sample_temperature, sample_seed

@@ -21,6 +21,7 @@ class SentimentTask(SequenceTask):
         scheduler: Learning-rate scheduler, stepped after every optimizer step (e.g. ``pipeline.tasks.schedules.Warmup``).
         clip_norm: Clip the global gradient norm to this value (null: no clipping); the norm before clipping is logged.
         max_nonfinite_steps: Stop after this many consecutive steps with a NaN/Inf loss or gradient norm.
+        ema_decay: See :class:`pipeline.tasks.base.SequenceTask`.
     """
 
     def __init__(
@@ -30,8 +31,9 @@ class SentimentTask(SequenceTask):
         scheduler: LRSchedulerCallable | None = None,
         clip_norm: float | None = 1.0,
         max_nonfinite_steps: int = 10,
+        ema_decay: float | None = None,
     ) -> None:
-        super().__init__(optimizer, scheduler, clip_norm, max_nonfinite_steps)
+        super().__init__(optimizer, scheduler, clip_norm, max_nonfinite_steps, ema_decay)
         self.network = network
         num_classes = network.head.out_features
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")

@@ -94,6 +94,7 @@ class TBPTTTask(SequenceTask):
             null: the whole batch is one window (its time length is then the truncation length).
         carry_state: Start each batch from the state the previous batch ended with (contiguous streams); False:
             from zeros (independent sequences).
+        ema_decay: See :class:`pipeline.tasks.base.SequenceTask`.
     """
 
     def __init__(
@@ -104,8 +105,9 @@ class TBPTTTask(SequenceTask):
         max_nonfinite_steps: int = 10,
         tbptt_steps: int | None = None,
         carry_state: bool = True,
+        ema_decay: float | None = None,
     ) -> None:
-        super().__init__(optimizer, scheduler, clip_norm, max_nonfinite_steps)
+        super().__init__(optimizer, scheduler, clip_norm, max_nonfinite_steps, ema_decay)
         self.tbptt_steps, self.carry_state = tbptt_steps, carry_state
         self.train_state: State | None = None  # carried from batch to batch (detached)
         self.val_state: State | None = None  # the same for the validation streams

@@ -20,7 +20,7 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.loggers import WandbLogger
 from torch import nn
 
-from pipeline.data.tokenizer import EOS, PAD
+from pipeline.data.tokenizer import BOS, EOS, PAD
 from pipeline.models.beam_search import beam_search, greedy_search
 from pipeline.tasks.base import SequenceTask
 from pipeline.tasks.heatmap import attention_image, pad_image
@@ -35,6 +35,7 @@ class TranslationTask(SequenceTask):
         scheduler: See :class:`pipeline.tasks.base.SequenceTask`.
         clip_norm: See :class:`pipeline.tasks.base.SequenceTask`.
         max_nonfinite_steps: See :class:`pipeline.tasks.base.SequenceTask`.
+        ema_decay: See :class:`pipeline.tasks.base.SequenceTask`.
         teacher_forcing: Probability of feeding the reference previous token in training (1: always; lower mixes in
             the model's own predictions, which makes every step sequential and slower).
         label_smoothing: Share of the target probability spread over the vocabulary (Szegedy et al., 2016).
@@ -68,8 +69,14 @@ class TranslationTask(SequenceTask):
         num_samples: int = 8,
         heatmap_sentences: list[str] | None = None,
         num_heatmaps: int = 3,
+        ema_decay: float | None = None,
     ) -> None:
-        super().__init__(optimizer, scheduler, clip_norm, max_nonfinite_steps)
+        super().__init__(optimizer, scheduler, clip_norm, max_nonfinite_steps, ema_decay)
+        if getattr(network, "pad_id", PAD) != PAD:
+            raise ValueError(
+                f"model.network.pad_id is {network.pad_id}, but the translation data pads with id {PAD}; "
+                f"remove pad_id from the config."
+            )
         self.network = network
         self.teacher_forcing, self.label_smoothing = teacher_forcing, label_smoothing
         self.bleu_every_n_val, self.length_penalty = bleu_every_n_val, length_penalty
@@ -127,7 +134,12 @@ class TranslationTask(SequenceTask):
     def translate_ids(self, src: torch.Tensor, src_lengths: torch.Tensor, beam_size: int | None = None):
         """Batch of source ids -> target id lists (greedy for beam 1)."""
         beam = self.beam_size if beam_size is None else beam_size
-        opts = {"max_length_ratio": self.max_length_ratio, "max_length_offset": self.max_length_offset}
+        opts = {
+            "max_length_ratio": self.max_length_ratio,
+            "max_length_offset": self.max_length_offset,
+            "bos": BOS,  # the models know no token ids: the data's tokenizers fix them
+            "eos": EOS,
+        }
         if beam <= 1:
             return greedy_search(self.network, src, src_lengths, **opts)[0]
         return beam_search(
@@ -219,6 +231,8 @@ class TranslationTask(SequenceTask):
             self.max_length_ratio,
             self.max_length_offset,
             return_attention=True,
+            bos=BOS,
+            eos=EOS,
         )
         images, captions = [], []
         for b, (ids, w) in enumerate(zip(hyps, weights, strict=True)):

@@ -55,6 +55,7 @@ class VideoTask(TBPTTTask):
         scheduler: See :class:`pipeline.tasks.base.SequenceTask`.
         clip_norm: See :class:`pipeline.tasks.base.SequenceTask`.
         max_nonfinite_steps: See :class:`pipeline.tasks.base.SequenceTask`.
+        ema_decay: See :class:`pipeline.tasks.base.SequenceTask`.
     """
 
     def __init__(
@@ -68,8 +69,17 @@ class VideoTask(TBPTTTask):
         scheduler: LRSchedulerCallable | None = None,
         clip_norm: float | None = 1.0,
         max_nonfinite_steps: int = 10,
+        ema_decay: float | None = None,
     ) -> None:
-        super().__init__(optimizer, scheduler, clip_norm, max_nonfinite_steps, tbptt_steps, carry_state=False)
+        super().__init__(
+            optimizer,
+            scheduler,
+            clip_norm,
+            max_nonfinite_steps,
+            tbptt_steps,
+            carry_state=False,
+            ema_decay=ema_decay,
+        )
         if clip_weight <= 0 and (frame_weight <= 0 or network.frame_head is None):
             raise ValueError(
                 "model.clip_weight and model.frame_weight leave no loss: give one of them a weight > 0."

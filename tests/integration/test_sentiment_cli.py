@@ -60,7 +60,7 @@ def test_evaluate_prints_json_last_and_predict_labels_lines(tmp_path, runs):
         stdin="a gorgeous , witty , seductive movie .\nthe plot is nothing but boilerplate clichés\n\n",
     )
     out = pred.stdout.strip("\n").split("\n")
-    assert len(out) == 3  # one line out per line in, the empty one too
+    assert len(out) == 2  # one line out per line in; the final empty line gets an empty line, stripped above
     for line in out:
         label, prob = line.split("\t")
         assert label in {"0", "1"} and 0.5 <= float(prob) <= 1.0

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.data.tokenizer import EOS
+from pipeline.data.tokenizer import BOS, EOS
 from pipeline.models.beam_search import beam_search, greedy_search, max_lengths
 from pipeline.models.seq2seq import Seq2Seq
+
+IDS = {"bos": BOS, "eos": EOS}  # the search takes the vocabulary's ids as arguments
 
 
 def model_and_batch(cell: str = "gru", input_feeding: bool = True, seed: int = 0, eos_boost: float = 2.0):
@@ -26,8 +28,8 @@ def model_and_batch(cell: str = "gru", input_feeding: bool = True, seed: int = 0
 def test_beam_of_one_equals_greedy(cell: str, input_feeding: bool) -> None:
     for seed in range(3):
         model, src, lengths = model_and_batch(cell, input_feeding, seed)
-        greedy, _ = greedy_search(model, src, lengths, max_length_ratio=1.5, max_length_offset=2)
-        beam = beam_search(model, src, lengths, beam_size=1, max_length_ratio=1.5, max_length_offset=2)
+        greedy, _ = greedy_search(model, src, lengths, max_length_ratio=1.5, max_length_offset=2, **IDS)
+        beam = beam_search(model, src, lengths, beam_size=1, max_length_ratio=1.5, max_length_offset=2, **IDS)
         assert beam == greedy
         assert any(len(h) < limit for h, limit in zip(greedy, max_lengths(lengths, 1.5, 2), strict=True))
 
@@ -36,8 +38,8 @@ def test_translations_respect_the_maximum_length_and_contain_no_eos() -> None:
     model, src, lengths = model_and_batch()
     limits = max_lengths(lengths, 1.0, 1)
     for hyps in (
-        greedy_search(model, src, lengths, max_length_ratio=1.0, max_length_offset=1)[0],
-        beam_search(model, src, lengths, beam_size=4, max_length_ratio=1.0, max_length_offset=1),
+        greedy_search(model, src, lengths, max_length_ratio=1.0, max_length_offset=1, **IDS)[0],
+        beam_search(model, src, lengths, beam_size=4, max_length_ratio=1.0, max_length_offset=1, **IDS),
     ):
         assert len(hyps) == src.size(0)
         assert all(len(h) <= n and EOS not in h for h, n in zip(hyps, limits, strict=True))
@@ -52,9 +54,9 @@ def test_wider_beam_finds_translations_at_least_as_likely_as_greedy() -> None:
         logits, _ = model(src[b : b + 1, : int(lengths[b])], lengths[b : b + 1], tgt)
         return float(torch.log_softmax(logits, -1).gather(-1, out[..., None]).sum())
 
-    greedy, _ = greedy_search(model, src, lengths, max_length_ratio=3.0, max_length_offset=5)
+    greedy, _ = greedy_search(model, src, lengths, max_length_ratio=3.0, max_length_offset=5, **IDS)
     beam = beam_search(model, src, lengths, beam_size=8, length_penalty_alpha=0.0, max_length_ratio=3.0,
-                       max_length_offset=5)  # fmt: skip
+                       max_length_offset=5, **IDS)  # fmt: skip
     with torch.no_grad():
         gains = [log_prob(b, beam[b]) - log_prob(b, greedy[b]) for b in range(src.size(0))]
     # beam search is not exact (a finished beam stops the search), so allow a sliver, but on the whole it must win
