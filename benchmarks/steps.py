@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from pipeline.cli import PipelineCLI
 from pipeline.tasks.tbptt import TBPTTTask, truncated_bptt
+from pipeline.training.resume import reseed
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_BASE = 1234
@@ -63,7 +64,7 @@ class StepTimer(pl.Callback):
         self._start = 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        torch.manual_seed(SEED_BASE + batch_idx)
+        reseed(SEED_BASE + batch_idx)
         self._start = time.perf_counter()
         self._wait = self._start - self._end if self._end is not None else 0.0
 
@@ -168,7 +169,7 @@ def run_plain(cli: PipelineCLI, steps: int, warmup: int, precision: str, n_losse
         if batch is None:
             break
         batch = to_device(batch, device)
-        torch.manual_seed(SEED_BASE + batch_idx)
+        reseed(SEED_BASE + batch_idx)
         start = time.perf_counter()
         with autocast:
             if isinstance(task, TBPTTTask):

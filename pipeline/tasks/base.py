@@ -83,6 +83,15 @@ class SequenceTask(pl.LightningModule):
             self.ema = WeightEMA(self, self.ema_decay, start=average)
             self.ema.updates = updates
 
+    def transfer_batch_to_device(self, batch: dict, device: torch.device, dataloader_idx: int) -> dict:
+        """Batches are flat dicts of tensors and plain values (ids, texts, positions). Lightning's default walks every
+        element of every list recursively, about a millisecond per batch on a CPU, where nothing needs to move."""
+        if device.type == "cpu":
+            return batch
+        return {
+            k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+        }
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
