@@ -72,3 +72,20 @@ def test_averaged_last_checkpoints_of_a_run_evaluate_and_translate(tmp_path):
     # a mistake gets one sentence: too few checkpoints for --last
     bad = run_cli("pipeline.average", "--run", str(run), "--last", "9", tmp_path=tmp_path, check=False)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: --last 9: ")
+
+
+def test_averaged_checkpoints_of_an_lm_run_with_ema_sample(tmp_path):
+    """The LM family, trained with an EMA: the average of its (EMA) checkpoints samples from ``pipeline.sample``."""
+    fit = run_cli(
+        "pipeline.fit", "--config", "configs/debug/lm.yaml", "--runs_dir", str(tmp_path / "runs"),
+        "--trainer.logger=false", "--model.init_args.ema_decay", "0.9", tmp_path=tmp_path,
+    )  # fmt: skip
+    run = run_dir_of(fit)  # checkpoints at steps 4, 8, 12
+    proc = run_cli("pipeline.average", "--run", str(run), "--last", "3", tmp_path=tmp_path)
+    out = Path(proc.stdout.strip().splitlines()[-1])
+    averaged = torch.load(out, weights_only=True)
+    assert "ema" not in averaged  # the live weights of one input belong to no average
+    sample = run_cli("pipeline.sample", "--ckpt_path", str(out), "--prime", "ROMEO:", "--length", "30",
+                     "--seed", "0", tmp_path=tmp_path).stdout  # fmt: skip
+    # prime + 30 generated characters + the closing newline
+    assert sample.startswith("ROMEO:") and sample.endswith("\n") and len(sample) == len("ROMEO:") + 30 + 1
