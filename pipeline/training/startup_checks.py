@@ -3,6 +3,8 @@
 * Lightning prints a "Tip: ... litlogger" advert on every Trainer, and its model summary ends with "Total Flops: 0"
   (and a FLOPs column of zeros): it counts FLOPs only for modules with an ``example_input_array``, which ours have
   not. :func:`quiet_lightning` drops the advert; :class:`SummaryWithoutFlops` prints the summary without FLOPs.
+  It also silences two Lightning warnings about what this pipeline does on purpose (:data:`BY_DESIGN`), which every
+  command printed as a wall of text when Python warnings are on (the tests run with them off, users do not).
 * ``trainer.val_check_interval: 50`` counts batches *within* an epoch (unless ``check_val_every_n_epoch`` is null),
   so with 7 batches per epoch validation never runs and no best checkpoint is kept. Lightning refuses this for data
   of known length, not for streams (ours have no length). :class:`ValidationSchedule` says so in one line with the
@@ -16,6 +18,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from typing import Any
 
 import pytorch_lightning as pl
@@ -25,6 +28,12 @@ from pytorch_lightning.utilities.model_summary.model_summary import _format_summ
 
 #: Logger that Lightning's ``rank_zero_info`` writes to.
 RANK_ZERO_LOGGER = "pytorch_lightning.utilities.rank_zero"
+#: Lightning warnings about choices this pipeline makes on purpose: the CLI passes its (rewritten) command line as
+#: ``args``; tasks move flat batch dicts to the device themselves (see ``SequenceTask.transfer_batch_to_device``).
+BY_DESIGN = (
+    "LightningCLI's args parameter is intended to run from within Python",
+    "You have overridden `transfer_batch_to_device` in `LightningModule` but have passed in a `LightningDataModule`",
+)
 #: Seconds spent at most counting training records for the epoch-length estimate.
 COUNT_BUDGET_S = 3.0
 
@@ -35,7 +44,9 @@ class _NoAdverts(logging.Filter):
 
 
 def quiet_lightning() -> None:
-    """Drop Lightning's LitLogger advert from every run (idempotent)."""
+    """Drop Lightning's LitLogger advert and its warnings about :data:`BY_DESIGN` choices from every run."""
+    for message in BY_DESIGN:
+        warnings.filterwarnings("ignore", message=message)
     logger = logging.getLogger(RANK_ZERO_LOGGER)
     if not any(isinstance(f, _NoAdverts) for f in logger.filters):
         logger.addFilter(_NoAdverts())

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipeline.data import moving_digits as md
-from tests.conftest import run_cli, run_dir_of
+from tests.conftest import cli_env, run_cli, run_dir_of
 
 SENTIMENT = "configs/debug/sentiment.yaml"
 
@@ -84,13 +84,20 @@ def test_validation_interval_longer_than_an_epoch_is_said_at_start(tmp_path):
     assert len(said) == 1 and f"an epoch has {steps} batches, so no validation will run" in said[0]
 
 
+def user_env(tmp_path) -> dict[str, str]:
+    """The test environment with Python warnings on, as a user has them (``cli_env`` turns them off)."""
+    env = cli_env(tmp_path)
+    env.pop("PYTHONWARNINGS")
+    return env
+
+
 @pytest.fixture(scope="module")
 def sentiment_run(tmp_path_factory):
-    """A short sentiment fit with the model summary on (as the full configs have it)."""
+    """A short sentiment fit with the model summary on (as the full configs have it), Python warnings on."""
     tmp = tmp_path_factory.mktemp("sentiment")
     proc = run_cli(
         "pipeline.fit", "--config", SENTIMENT, "--runs_dir", str(tmp / "runs"), "--trainer.logger=false",
-        "--trainer.max_steps", "6", "--trainer.enable_model_summary", "true", tmp_path=tmp,
+        "--trainer.max_steps", "6", "--trainer.enable_model_summary", "true", tmp_path=tmp, env=user_env(tmp),
     )  # fmt: skip
     return proc, run_dir_of(proc) / "checkpoints" / "last.ckpt"
 
@@ -117,11 +124,19 @@ def test_predict_keeps_empty_lines_empty_and_counts_them(sentiment_run, tmp_path
 
 def test_no_lightning_advert_and_no_zero_flops_on_any_command(sentiment_run, tmp_path):
     fit, ckpt = sentiment_run
-    evaluate = run_cli("pipeline.evaluate", "--ckpt_path", str(ckpt), tmp_path=tmp_path)
-    predict = run_cli("pipeline.predict", "--ckpt_path", str(ckpt), tmp_path=tmp_path, stdin="fine .\n")
+    env = user_env(tmp_path)
+    evaluate = run_cli("pipeline.evaluate", "--ckpt_path", str(ckpt), tmp_path=tmp_path, env=env)
+    predict = run_cli(
+        "pipeline.predict", "--ckpt_path", str(ckpt), tmp_path=tmp_path, stdin="fine .\n", env=env
+    )
     assert "Total params" in fit.stdout + fit.stderr  # the model summary is still there
     for proc in (fit, evaluate, predict):
         seen = proc.stdout + proc.stderr
         assert "litlogger" not in seen and "Tip:" not in seen
         assert "Total Flops" not in seen and "FLOPs" not in seen
+        # Lightning's warnings about what the pipeline does on purpose (startup_checks.BY_DESIGN)
+        assert (
+            "LightningCLI's args parameter" not in seen
+            and "overridden `transfer_batch_to_device`" not in seen
+        )
     assert "never reached" not in fit.stderr  # the debug config validates across epochs: nothing to warn of
