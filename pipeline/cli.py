@@ -344,6 +344,8 @@ def user_error_in(exc: BaseException | None) -> BaseException | None:
             return exc
         if isinstance(exc, ValueError) and _raised_here(exc):
             return exc
+        if startup_checks.interval_error(exc) is not None:  # Lightning's own refusal, as one sentence
+            return startup_checks.interval_error(exc)
         exc = exc.__cause__ or exc.__context__
     return None
 

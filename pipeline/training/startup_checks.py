@@ -9,13 +9,16 @@
   so with 7 batches per epoch validation never runs and no best checkpoint is kept. Lightning refuses this for data
   of known length, not for streams (ours have no length). :class:`ValidationSchedule` says so in one line with the
   fix: at the start of training when an upper bound of the epoch length is cheap to get (counting training records
-  for a few seconds at most), else at the end of the first epoch, when the length is known exactly.
+  for a few seconds at most), else at the end of the first epoch, when the length is known exactly. Where the
+  epoch length is known (the LM's windows), Lightning refuses the interval with a traceback; :func:`interval_error`
+  gives the CLI the same one sentence instead.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import sys
 import time
 import warnings
@@ -75,6 +78,28 @@ class SummaryWithoutFlops(ModelSummary):
         logging.getLogger("pytorch_lightning.callbacks.model_summary").info("\n" + "\n".join(lines))
 
 
+#: Lightning's own refusal of an interval longer than an epoch of known length (the LM's windows): a traceback.
+_LONGER_THAN_EPOCH = re.compile(
+    r"`val_check_interval` \((\d+)\) must be less than or equal to the number of the training batches \((\d+)\)"
+)
+_SHORT_EPOCH_FIX = (
+    "set a smaller --trainer.val_check_interval, or --trainer.check_val_every_n_epoch null to count batches across "
+    "epochs"
+)
+
+
+def interval_error(exc: BaseException) -> ValueError | None:
+    """Lightning's refusal of ``val_check_interval`` as the pipeline's one sentence (for the CLI), else None."""
+    found = _LONGER_THAN_EPOCH.search(str(exc)) if isinstance(exc, ValueError) else None
+    if found is None:
+        return None
+    interval, batches = found.groups()
+    return ValueError(
+        f"trainer.val_check_interval {interval} is never reached: it counts batches within an epoch and an epoch "
+        f"has {batches} batches; {_SHORT_EPOCH_FIX}."
+    )
+
+
 @rank_zero_only
 def _say(message: str) -> None:
     # the CLI's own say() lives in pipeline.cli, which imports this module
@@ -128,7 +153,7 @@ class ValidationSchedule(pl.Callback):
                 self._warn(interval, stop, fix)
             return
         if math.isfinite(trainer.num_training_batches) or isinstance(trainer.limit_train_batches, int):
-            return  # a known epoch length: Lightning checks it itself
+            return  # a known epoch length: Lightning refuses it itself (interval_error words it for the CLI)
         most = self.most_batches(trainer, interval)
         if most is not None and most < interval:
             self.epoch_too_short(interval, f"at most {most}")
@@ -156,8 +181,7 @@ class ValidationSchedule(pl.Callback):
         self._warn(
             interval,
             f"it counts batches within an epoch and an epoch has {batches} batches",
-            "set a smaller --trainer.val_check_interval, or --trainer.check_val_every_n_epoch null to count "
-            "batches across epochs",
+            _SHORT_EPOCH_FIX,
         )
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:

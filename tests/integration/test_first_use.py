@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -89,6 +90,22 @@ def user_env(tmp_path) -> dict[str, str]:
     env = cli_env(tmp_path)
     env.pop("PYTHONWARNINGS")
     return env
+
+
+def test_validation_interval_longer_than_a_known_epoch_is_one_sentence(tmp_path):
+    # the LM's windows have a known count, so Lightning refuses the interval itself: one sentence, no traceback
+    proc = run_cli(
+        "pipeline.fit", "--config", "configs/debug/lm.yaml", "--runs_dir", str(tmp_path / "runs"),
+        "--trainer.logger=false", "--trainer.val_check_interval", "5000", "--trainer.check_val_every_n_epoch", "1",
+        tmp_path=tmp_path, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    windows = re.search(r"train: [\d,]+ tokens as (\d+) windows", proc.stderr)[1]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: trainer.val_check_interval 5000 is never reached: it counts batches within an epoch and an epoch "
+        f"has {windows} batches; set a smaller --trainer.val_check_interval, or --trainer.check_val_every_n_epoch "
+        f"null to count batches across epochs."
+    )
 
 
 @pytest.fixture(scope="module")
