@@ -242,10 +242,14 @@ class PipelineCLI(LightningCLI):
         :mod:`pipeline.training.hardware`); returns the start line that says what was chosen and why."""
         cfg = self.config
         caps = hardware.Capabilities.detect()
-        precision, why_precision = hardware.resolve_precision(
-            cfg.trainer.precision, cfg.trainer.accelerator, caps
-        )
-        cfg.trainer.precision = precision
+        if cfg.trainer.precision in (None, "auto") and _has_precision_plugin(cfg.trainer.get("plugins")):
+            precision, why_precision = "from trainer.plugins", "a precision plugin was given"
+            cfg.trainer.precision = None  # Lightning refuses a precision flag next to a precision plugin
+        else:
+            precision, why_precision = hardware.resolve_precision(
+                cfg.trainer.precision, cfg.trainer.accelerator, caps
+            )
+            cfg.trainer.precision = precision
         processes = hardware.local_processes(cfg.trainer.devices, cfg.trainer.accelerator, caps)
         workers = int((cfg.data.get("init_args") or {}).get("num_workers") or 0)
         threads, why_threads = hardware.resolve_threads(cfg.threads, processes, workers)
@@ -269,6 +273,15 @@ class PipelineCLI(LightningCLI):
             if hint:
                 say(hint)
         say(f"run directory: {self.run_dir}")
+
+
+def _has_precision_plugin(plugins: object) -> bool:
+    entries = plugins if isinstance(plugins, list | tuple) else [plugins] if plugins else []
+    for entry in entries:
+        name = entry.get("class_path", "") if hasattr(entry, "get") else type(entry).__name__
+        if str(name).rsplit(".", 1)[-1].endswith("Precision"):
+            return True
+    return False
 
 
 def allow_auto_precision(parser: LightningArgumentParser) -> None:
