@@ -169,9 +169,7 @@ class Preemption(pl.Callback):
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if trainer.is_global_zero:
-            for logger in trainer.loggers:  # flush W&B before SLURM stops this job's processes
-                if isinstance(logger, WandbLogger) and logger._experiment is not None:
-                    logger.experiment.finish()
+            _finish_wandb(trainer)
         if action == STOP:
             self._stop(trainer, path)
         job = slurm_job_id() if self.requeue else None
@@ -237,6 +235,19 @@ def _leave() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _finish_wandb(trainer: pl.Trainer) -> None:
+    """Flush W&B before SLURM stops this job's processes. SLURM signals every process of the job step, W&B's service
+    process too: after a SIGTERM it may be gone already, and what it wrote so far is what the run keeps."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            try:
+                logger.experiment.finish()
+            except Exception as exc:  # noqa: BLE001  (a broken connection to a stopped service)
+                _say(
+                    f"W&B could not finish the run ({type(exc).__name__}: its service stopped on the signal too)"
+                )
 
 
 def _requeue(job: str) -> bool:

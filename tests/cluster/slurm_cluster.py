@@ -48,11 +48,11 @@ SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
-# test speed: a requeued job starts ~10 s later (default ~121 s); the scheduler looks every 5 s; SIGKILL 5 s after
-# SIGTERM (real clusters: KillWait=30 is common)
+# test speed: a requeued job starts ~10 s later (default ~121 s); the scheduler looks every 5 s; SIGKILL 15 s after
+# SIGTERM (default 30 s): time for the final checkpoint of a cancelled job on a busy 2-core machine
 AuthInfo=cred_expire=10
 SchedulerParameters=sched_interval=5,bf_interval=5
-KillWait=5
+KillWait=15
 # a job in partition high preempts one in partition low: SIGTERM, GraceTime, then requeue
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE

@@ -17,8 +17,13 @@ from slurm_cluster import SlurmCluster
 from slurm_jobs import (
     CONFIG,
     DDP,
+    PREEMPT_ARGS,
+    Uninterrupted,
     assert_same_weights,
     assert_sync_line_last,
+    check_cancel_stays_cancelled,
+    check_priority_preemption,
+    first_step_s,
     logged_steps,
     offline_runs,
     submit,
@@ -54,10 +59,14 @@ def test_ddp_job_completes_with_checkpoint_and_offline_wandb_run(slurm, tmp_path
     assert_sync_line_last(job)
 
 
-def test_preempted_job_requeues_and_resumes_exactly(slurm, tmp_path):
-    args = (*DDP, "--trainer.max_steps", "40", "--checkpoint.every_n_train_steps", "4")
-    job = submit(slurm, tmp_path, "preempted", *args)
-    reference = submit(slurm, tmp_path, "uninterrupted", *args)  # queued behind: the node has 2 CPUs
+@pytest.fixture(scope="module")
+def reference(slurm, tmp_path_factory):
+    return Uninterrupted(slurm, tmp_path_factory.mktemp("reference"))
+
+
+def test_preempted_job_requeues_and_resumes_exactly(slurm, tmp_path, reference):
+    job = submit(slurm, tmp_path, "preempted", *PREEMPT_ARGS)
+    reference.submit()  # queued behind: the node has 2 CPUs
 
     job.wait_for(lambda: 8 in job.checkpoint_steps(), "checkpoint at step 8", timeout=600)
     job.signal("USR1")  # what SLURM sends 90 s before the time limit (#SBATCH --signal=SIGUSR1@90)
@@ -83,36 +92,20 @@ def test_preempted_job_requeues_and_resumes_exactly(slurm, tmp_path):
     assert then[0] == step and then[-1] == 39 and max(first) < step
     assert_sync_line_last(job)
 
-    info = reference.wait({"COMPLETED", "FAILED", "CANCELLED"}, timeout=900)
-    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "0", reference.text()[-5000:]
+    expected = reference.last()
     final = torch.load(saved, map_location="cpu", weights_only=True)
     assert final["global_step"] == 40
-    assert_same_weights(saved, reference.run_dir / "checkpoints" / "last.ckpt")
-    assert_same_weights(
-        job.run_dir / "checkpoints" / "step00040.ckpt", reference.run_dir / "checkpoints" / "step00040.ckpt"
-    )
+    assert_same_weights(saved, expected)
+    assert_same_weights(job.run_dir / "checkpoints" / "step00040.ckpt", expected.parent / "step00040.ckpt")
 
 
-def test_cancelled_job_is_not_requeued(slurm, tmp_path):
-    job = submit(
-        slurm,
-        tmp_path,
-        "cancelled",
-        *DDP,
-        "--trainer.max_steps",
-        "200",
-        "--checkpoint.every_n_train_steps",
-        "2",
-    )
-    job.wait_for(lambda: job.checkpoint_steps(), "first checkpoint", timeout=600)
-    slurm.run("scancel", job.id)  # SIGTERM, no SIGUSR1 before it
-    job.wait({"CANCELLED"}, timeout=120)
-    time.sleep(
-        20
-    )  # longer than a requeued job would wait before it runs again (cred_expire 10 s + scheduler 5 s)
-    info = job.info()
-    assert info["JobState"] == "CANCELLED" and info["Restarts"] == "0"
-    assert "preempted at step" not in job.text()
+def test_priority_preemption_requeues_and_resumes_from_the_sigterm_save(slurm, tmp_path, reference):
+    job = check_priority_preemption(slurm, tmp_path, reference)
+    print(f"1 node x 2 tasks: submit -> first training step {first_step_s(job):.0f} s")
+
+
+def test_cancelled_job_stays_cancelled_with_its_final_checkpoint(slurm, tmp_path):
+    check_cancel_stays_cancelled(slurm, tmp_path)
 
 
 def test_sweep_runs_one_array_task_per_line(slurm, tmp_path):
