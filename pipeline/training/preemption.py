@@ -126,9 +126,8 @@ class Preemption(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if not self._first_step_said and trainer.is_global_zero:
-            self._first_step_said = (
-                True  # start-up cost on a cluster: submit -> this line (see README, multi-node)
-            )
+            # start-up cost on a cluster: from submit to this line (see README, multi-node)
+            self._first_step_said = True
             _say(f"first training step done at {time.strftime('%Y-%m-%dT%H:%M:%S')}")
         action = self._agreed()
         if action == NONE:
