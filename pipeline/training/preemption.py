@@ -92,6 +92,8 @@ class Preemption(pl.Callback):
         self.signum, self.requeue, self.stop_signum = signum, requeue, stop_signum
         self.requested = NONE
         self._group = None
+        self._trainer: pl.Trainer | None = None
+        self._detached: list[WandbLogger] = []  # W&B loggers taken off the trainer on SIGTERM
         self._first_step_said = False
         self._install()
 
@@ -103,6 +105,13 @@ class Preemption(pl.Callback):
     def _on_signal(self, signum, frame) -> None:
         # only this: the training loop acts on it at the next step boundary
         self.requested = max(self.requested, STOP if signum == self.stop_signum else REQUEUE)
+        if signum == self.stop_signum and self._trainer is not None:
+            # SLURM's SIGTERM reaches W&B's service process too, and every W&B call after it fails (a validation
+            # that ends before the next step boundary would log, and crash this rank before it saves): stop
+            # logging to W&B now; _finish_wandb still tries to finish it, for a service that is alive
+            loggers = self._trainer.loggers
+            self._detached += [lg for lg in loggers if isinstance(lg, WandbLogger)]
+            self._trainer.loggers = [lg for lg in loggers if not isinstance(lg, WandbLogger)]
 
     # --- hooks -------------------------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -114,6 +123,7 @@ class Preemption(pl.Callback):
         ):
             # a CPU side channel: a 1-element all-reduce per step that never waits on the GPU stream
             self._group = dist.new_group(backend="gloo")
+        self._trainer = trainer
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
         if restarts and trainer.is_global_zero:
             _say(f"SLURM job {slurm_job_id()} restart {restarts}")
@@ -168,7 +178,7 @@ class Preemption(pl.Callback):
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if trainer.is_global_zero:
-            _finish_wandb(trainer)
+            _finish_wandb([*trainer.loggers, *self._detached])
         if action == STOP:
             self._stop(trainer, path)
         job = slurm_job_id() if self.requeue else None
@@ -236,10 +246,10 @@ def _leave() -> None:
     os._exit(0)
 
 
-def _finish_wandb(trainer: pl.Trainer) -> None:
+def _finish_wandb(loggers: list) -> None:
     """Flush W&B before SLURM stops this job's processes. SLURM signals every process of the job step, W&B's service
     process too: after a SIGTERM it may be gone already, and what it wrote so far is what the run keeps."""
-    for logger in trainer.loggers:
+    for logger in loggers:
         if isinstance(logger, WandbLogger) and logger._experiment is not None:
             try:
                 logger.experiment.finish()

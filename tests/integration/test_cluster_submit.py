@@ -105,4 +105,4 @@ def test_socket_interface_reaches_gloo_and_nccl(tmp_path, monkeypatch):
     plain = dry_run(
         tmp_path, *CPU_DDP
     ).stdout  # not asked for, not set in this environment: the backends choose
-    assert "SOCKET_IFNAME" not in plain
+    assert "export GLOO_SOCKET_IFNAME" not in plain and "export NCCL_SOCKET_IFNAME" not in plain
