@@ -5,7 +5,8 @@
         ├── ptveth1 ══ eth0 10.232.0.11  namespace pt-n1  (slurmd -N n1, hostname n1, its job steps)
         └── ptveth2 ══ eth0 10.232.0.12  namespace pt-n2  (slurmd -N n2, hostname n2, its job steps)
 
-Every packet a test sends goes to loopback or to these addresses. Everything made here is removed by
+Every packet a test sends goes to loopback or to these addresses: the namespaces have no default route, so a DNS
+query for a node address fails at once instead of going out (and waiting for a timeout). Everything made here is removed by
 :meth:`NodeNetwork.delete`, which also ends processes still inside a namespace (job steps of a stopped slurmd), by
 PID; it is safe to call twice and after a failed :meth:`NodeNetwork.create`.
 """
@@ -72,7 +73,6 @@ class NodeNetwork:
             _ip("-n", ns, "addr", "add", f"{self.address(node)}/24", "dev", "eth0")
             _ip("-n", ns, "link", "set", "eth0", "up")
             _ip("-n", ns, "link", "set", "lo", "up")
-            _ip("-n", ns, "route", "add", "default", "via", self.host_address)
         lines = [line for line in HOSTS.read_text().splitlines() if TAG not in line]
         lines += [f"{self.address(n)} {n} {TAG}" for n in self.nodes]
         HOSTS.write_text("\n".join(lines) + "\n")  # in place: /etc/hosts is often a bind mount
