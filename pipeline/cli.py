@@ -33,6 +33,7 @@ from pipeline.training import hardware, rundir, startup_checks
 from pipeline.training.checkpoint_io import AtomicCheckpointIO
 from pipeline.training.preemption import Preemption, slurm_plugins
 from pipeline.training.progress import LogProgress
+from pipeline.training.rendezvous import failure as rendezvous_failure
 from pipeline.training.resume import ResumeState
 from pipeline.training.trace import DataTrace
 
@@ -371,7 +372,7 @@ def main(fn: Callable[[], None]) -> None:
     try:
         fn()
     except Exception as exc:
-        error = user_error_in(exc)
+        error = user_error_in(exc) or rendezvous_failure(exc)
         if error is None:
             raise
         message = worker_error_message(error) if isinstance(error, DataError) else str(error)

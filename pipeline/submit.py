@@ -23,6 +23,7 @@ import yaml
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 WARNING_S = 90  # the template's #SBATCH --signal=SIGUSR1@90
+IFNAME_VARS = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")  # which interface gloo / NCCL connect ranks over
 
 
 class RequestError(ValueError):
@@ -55,6 +56,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         "--sweep", help="File with one line of fit overrides per array task (jobs/sweep.sbatch)."
     )
     parser.add_argument("--job-name", help="SLURM job name (default: pipeline-<experiment>).")
+    parser.add_argument(
+        "--socket-ifname",
+        help="Network interface the ranks talk over, on every node (e.g. ib0, eth0): sets GLOO_SOCKET_IFNAME and "
+        "NCCL_SOCKET_IFNAME in the job (default: what the submitting shell has, else the backends guess).",
+    )
     parser.add_argument(
         "--dry-run", action="store_true", help="Print the batch script instead of submitting it."
     )
@@ -201,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         "PYTHON": os.environ.get("PYTHON", sys.executable),
         "JOBS": str(JOBS),
     }
+    for key in IFNAME_VARS:  # explicit in the script, so that the log's script shows what the ranks used
+        value = ns.socket_ifname or os.environ.get(key)
+        if value:
+            exports[key] = value
     tasks = 0
     if ns.sweep:
         sweep = Path(ns.sweep)

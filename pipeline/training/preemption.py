@@ -17,9 +17,21 @@ others never enter. Lightning's own SLURM handler saves inside the signal handle
 can pair with a gradient all-reduce of a rank that is still training, and both ranks hang (Lightning issue #21406).
 So the CLI turns it off (``SLURMEnvironment(auto_requeue=False)``, see :func:`slurm_plugins`) and adds this callback.
 
-A plain ``scancel`` (SIGTERM without a SIGUSR1 before it) is left to Lightning: the job stops and is not requeued.
-Outside SLURM the same signal saves and stops (exit status 3); resume with ``--ckpt_path last``.
-The handler is installed when the callback is built, before the data and the process group are set up; a SIGUSR1
+SIGTERM is what SLURM sends when it ends a job: preemption by a higher-priority job (SIGTERM, ``GraceTime`` seconds,
+then the requeue of a ``PreemptMode=REQUEUE`` partition), ``scancel``, the time limit. It is handled the same way up
+to the save (flag, agreement at the next step boundary, exact-resume checkpoint; SIGTERM outranks SIGUSR1 when both
+came), then rank 0 asks ``scontrol show job`` what SIGTERM meant, while every other rank waits for its answer::
+
+    PreemptTime set ─► preempted: wait while the job is RUNNING; SLURM requeues it when the grace time ends and stops
+                       the ranks. (Ranks that left earlier would end the job first: CANCELLED, never requeued.)
+    JobState not RUNNING (COMPLETING after scancel or the time limit) ─► leave at once: the job stays ended, with
+                       its final checkpoint; KillWait (default 30 s) later SLURM would SIGKILL the ranks anyway
+    neither (a SIGTERM from elsewhere), or no SLURM ─► save and stop (exit status 3), as SIGUSR1 without SLURM
+
+Lightning installs its own SIGTERM handler when training starts (it broadcasts inside the handler, the same hazard as
+above); this callback puts its flag-only handler back at the start of the sanity check and of training.
+Outside SLURM the same signals save and stop (exit status 3); resume with ``--ckpt_path last``.
+The handler is installed when the callback is built, before the data and the process group are set up; a signal
 that arrives earlier, while Python is still importing, ends the process (the default action of the signal).
 """
 
@@ -30,6 +42,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -38,13 +51,21 @@ import torch.distributed as dist
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from pytorch_lightning.loggers import WandbLogger
 
+from pipeline.training import rendezvous
+
 #: Exit status of a process that saved and stopped without being requeued (outside SLURM, or requeue refused).
 EXIT_PREEMPTED = 3
+#: What the ranks agree on at a step boundary (the largest wins): nothing, save and requeue, save and stop.
+NONE, REQUEUE, STOP = 0, 1, 2
 
 
 def slurm_plugins() -> list:
-    """Under SLURM: Lightning's cluster environment with its signal-handler requeue turned off (see above)."""
-    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+    """Under SLURM: Lightning's cluster environment with its signal-handler requeue turned off (see above), and the
+    rendezvous watchdog started (one sentence instead of a hang when a node cannot reach the others)."""
+    if not SLURMEnvironment.detect():
+        return []
+    rendezvous.watch()
+    return [SLURMEnvironment(auto_requeue=False)]
 
 
 def slurm_job_id() -> str | None:
@@ -57,22 +78,40 @@ class Preempted(SystemExit):
 
 
 class Preemption(pl.Callback):
-    """Save an exact-resume checkpoint and requeue the SLURM job when a signal asks for it.
+    """Save an exact-resume checkpoint, then requeue or end the SLURM job, when a signal asks for it.
 
     Args:
-        signum: The signal that announces preemption or the time limit.
+        signum: The signal that announces preemption or the time limit: save and requeue.
         requeue: Run ``scontrol requeue`` under SLURM (else only save and stop).
+        stop_signum: The signal that ends the job (preemption with a grace time, scancel): save, then see above.
     """
 
-    def __init__(self, signum: int = signal.SIGUSR1, requeue: bool = True) -> None:
-        self.signum, self.requeue = signum, requeue
-        self.requested = False
+    def __init__(
+        self, signum: int = signal.SIGUSR1, requeue: bool = True, stop_signum: int = signal.SIGTERM
+    ) -> None:
+        self.signum, self.requeue, self.stop_signum = signum, requeue, stop_signum
+        self.requested = NONE
         self._group = None
+        self._trainer: pl.Trainer | None = None
+        self._detached: list[WandbLogger] = []  # W&B loggers taken off the trainer on SIGTERM
+        self._first_step_said = False
+        self._install()
+
+    def _install(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signum, self._on_signal)
+            signal.signal(self.signum, self._on_signal)
+            signal.signal(self.stop_signum, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
-        self.requested = True  # only this: the training loop acts on it at the next step boundary
+        # only this: the training loop acts on it at the next step boundary
+        self.requested = max(self.requested, STOP if signum == self.stop_signum else REQUEUE)
+        if signum == self.stop_signum and self._trainer is not None:
+            # SLURM's SIGTERM reaches W&B's service process too, and every W&B call after it fails (a validation
+            # that ends before the next step boundary would log, and crash this rank before it saves): stop
+            # logging to W&B now; _finish_wandb still tries to finish it, for a service that is alive
+            loggers = self._trainer.loggers
+            self._detached += [lg for lg in loggers if isinstance(lg, WandbLogger)]
+            self._trainer.loggers = [lg for lg in loggers if not isinstance(lg, WandbLogger)]
 
     # --- hooks -------------------------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -84,31 +123,46 @@ class Preemption(pl.Callback):
         ):
             # a CPU side channel: a 1-element all-reduce per step that never waits on the GPU stream
             self._group = dist.new_group(backend="gloo")
+        self._trainer = trainer
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
         if restarts and trainer.is_global_zero:
             _say(f"SLURM job {slurm_job_id()} restart {restarts}")
 
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._install()  # Lightning has just replaced the SIGTERM handler with its own (see above)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._install()
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if not self._agreed():
+        if not self._first_step_said and trainer.is_global_zero:
+            # start-up cost on a cluster: from submit to this line (see README, multi-node)
+            self._first_step_said = True
+            _say(f"first training step done at {time.strftime('%Y-%m-%dT%H:%M:%S')}")
+        action = self._agreed()
+        if action == NONE:
             return
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             # Not at an epoch's last batch: Lightning restores such a checkpoint into an epoch that it then ends
             # at once, and training would go on with the data of the epoch after next. One step later is exact.
-            self.requested = True  # on every rank, so that they agree again at the next step
+            self.requested = action  # on every rank, so that they agree again at the next step
             return
-        self._preempt(trainer)
+        self._preempt(trainer, action)
 
     # --- the work ----------------------------------------------------------------------------------------------
-    def _agreed(self) -> bool:
-        """True on every rank when any rank got the signal; the same answer on all ranks at the same step."""
-        if self._group is None:
-            return self.requested
-        flag = torch.tensor([int(self.requested)], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
-        return bool(flag.item())
+    def _agreed(self) -> int:
+        """The largest action any rank was asked for; the same answer on all ranks at the same step."""
+        return self._max(self.requested)
 
-    def _preempt(self, trainer: pl.Trainer) -> None:
-        self.requested = False
+    def _max(self, value: int) -> int:
+        if self._group is None:
+            return value
+        flag = torch.tensor([value], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+        return int(flag.item())
+
+    def _preempt(self, trainer: pl.Trainer, action: int) -> None:
+        self.requested = NONE
         ckpt_cb = trainer.checkpoint_callback
         folder = Path(ckpt_cb.dirpath) if ckpt_cb is not None and ckpt_cb.dirpath else None
         path = (folder or Path(trainer.default_root_dir) / "checkpoints") / "last.ckpt"
@@ -123,12 +177,13 @@ class Preemption(pl.Callback):
         # inside the handler. From here on the process ends by itself within a second, so SIGTERM is not needed.
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if trainer.is_global_zero:
+            _finish_wandb([*trainer.loggers, *self._detached])
+        if action == STOP:
+            self._stop(trainer, path)
         job = slurm_job_id() if self.requeue else None
         requeued = False
         if trainer.is_global_zero:
-            for logger in trainer.loggers:  # flush W&B before SLURM stops this job's processes
-                if isinstance(logger, WandbLogger) and logger._experiment is not None:
-                    logger.experiment.finish()
             where = f"preempted at step {trainer.global_step}: saved {path}"
             if job:
                 requeued = _requeue(job)
@@ -138,17 +193,70 @@ class Preemption(pl.Callback):
                 )
             else:
                 _say(f"{where}; resume with --ckpt_path last")
-        if self._group is not None:  # nobody leaves before rank 0 has requeued (srun --kill-on-bad-exit)
-            flag = torch.tensor([int(requeued)], dtype=torch.int32)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
-            requeued = bool(flag.item())
-        if requeued:
-            # SLURM is stopping this job's processes (SIGTERM, SIGKILL after KillWait) and everything is saved:
-            # leave now, rather than race it through Lightning's and W&B's teardown
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(0)
+        # nobody leaves before rank 0 has requeued (srun --kill-on-bad-exit)
+        if self._max(int(requeued)):
+            _leave()
         raise Preempted(EXIT_PREEMPTED)
+
+    def _stop(self, trainer: pl.Trainer, path: Path) -> None:
+        """After the SIGTERM save: wait for SLURM's requeue of a preempted job, leave a cancelled one (see above)."""
+        job = slurm_job_id()
+        fate = NONE
+        if trainer.is_global_zero:
+            info = slurm_job(job) if job else {}
+            where = f"stopped by SIGTERM at step {trainer.global_step}: saved {path}"
+            if info.get("PreemptTime", "None") not in ("None", "Unknown", ""):
+                _say(
+                    f"{where}; SLURM preempts job {job}: waiting for its requeue at the end of the grace time"
+                )
+                # SLURM stops this process when it requeues the job; an unanswered query counts as still RUNNING
+                while info.get("JobState", "RUNNING") == "RUNNING":
+                    time.sleep(1)
+                    info = slurm_job(job)
+                fate = REQUEUE
+            elif info.get("JobState") not in (None, "RUNNING"):
+                _say(
+                    f"{where}; SLURM job {job} is {info['JobState']} (cancelled or out of time, not preempted), so "
+                    f"it is not requeued; continue it with --ckpt_path last"
+                )
+                fate = STOP
+            else:
+                _say(f"{where}; resume with --ckpt_path last")
+        if self._max(fate) != NONE:  # every other rank waits here for rank 0's answer
+            _leave()
+        raise Preempted(EXIT_PREEMPTED)
+
+
+def slurm_job(job: str) -> dict[str, str]:
+    """``scontrol show job`` as a dict (JobState, PreemptTime, ...); {} when scontrol does not answer."""
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return dict(token.split("=", 1) for token in out.split() if "=" in token)
+
+
+def _leave() -> None:
+    """SLURM is stopping this job's processes (SIGTERM, SIGKILL after KillWait) and everything is saved: leave now,
+    rather than race it through Lightning's and W&B's teardown."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _finish_wandb(loggers: list) -> None:
+    """Flush W&B before SLURM stops this job's processes. SLURM signals every process of the job step, W&B's service
+    process too: after a SIGTERM it may be gone already, and what it wrote so far is what the run keeps."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            try:
+                logger.experiment.finish()
+            except Exception as exc:  # noqa: BLE001  (a broken connection to a stopped service)
+                _say(
+                    f"W&B could not finish the run ({type(exc).__name__}: its service stopped on the signal too)"
+                )
 
 
 def _requeue(job: str) -> bool:

@@ -5,11 +5,8 @@ Run with ``make test-cluster`` (root: installs Debian's slurm packages and start
 
 from __future__ import annotations
 
-import json
 import random
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,15 +14,22 @@ import pytest
 import torch
 from conftest import cli_env, run_cli
 from slurm_cluster import SlurmCluster
+from slurm_jobs import (
+    CONFIG,
+    DDP,
+    PREEMPT_ARGS,
+    Uninterrupted,
+    assert_same_weights,
+    assert_sync_line_last,
+    check_cancel_stays_cancelled,
+    check_priority_preemption,
+    first_step_s,
+    logged_steps,
+    offline_runs,
+    submit,
+)
 
 pytestmark = pytest.mark.cluster
-
-CONFIG = "configs/debug/sentiment.yaml"
-DDP = (
-    "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
-    "--trainer.enable_progress_bar", "false",
-)  # fmt: skip
-WANDB = Path(sys.executable).parent / "wandb"
 
 
 @pytest.fixture(scope="module")
@@ -36,88 +40,6 @@ def slurm(tmp_path_factory):
         yield cluster
     finally:  # also when a test (or the start itself) failed
         cluster.stop()
-
-
-class Job:
-    def __init__(self, slurm: SlurmCluster, out: str) -> None:
-        fields = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
-        self.slurm, self.id = slurm, fields["job"]
-        self.log, self.run_dir = Path(fields["log"]), Path(fields["run directory"])
-
-    def info(self) -> dict[str, str]:
-        return self.slurm.job(self.id)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def wait(self, states: set[str], timeout: float) -> dict[str, str]:
-        try:
-            return self.slurm.wait_state(self.id, states, timeout)
-        except TimeoutError as exc:
-            pytest.fail(f"{exc}\n--- log tail\n{self.text()[-5000:]}")
-
-    def wait_for(self, predicate, what: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            if self.info().get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
-                break
-            time.sleep(0.2)
-        pytest.fail(
-            f"job {self.id}: no {what} ({self.info().get('JobState')})\n--- log\n{self.text()[-5000:]}"
-        )
-
-    def checkpoint_steps(self) -> list[int]:
-        return sorted(int(p.stem[4:]) for p in (self.run_dir / "checkpoints").glob("step*.ckpt"))
-
-    def signal(self, name: str = "USR1") -> None:
-        self.slurm.run("scancel", f"--signal={name}", self.id)
-
-
-def submit(slurm: SlurmCluster, tmp_path: Path, experiment: str, *args: str) -> Job:
-    proc = run_cli(
-        "pipeline.submit", "--config", CONFIG, "--runs_dir", str(tmp_path / "runs"), "--experiment", experiment,
-        *args, tmp_path=tmp_path, env=cli_env(tmp_path, **slurm.env),
-    )  # fmt: skip
-    return Job(slurm, proc.stdout)
-
-
-def weights(ckpt: Path) -> dict[str, torch.Tensor]:
-    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-
-
-def assert_same_weights(a: Path, b: Path, note: object = "") -> None:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
-    assert not different, f"{a} and {b} differ in {different} {note}"
-
-
-def offline_runs(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / "wandb").glob("offline-run-*"))
-
-
-def logged_steps(offline_run: Path) -> list[int]:
-    """``trainer/global_step`` of every history row of an offline W&B run, read with wandb's own inspector."""
-    out = subprocess.run(
-        [str(WANDB), "leet", "inspect", "--json", str(offline_run)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
-    rows = [json.loads(line) for line in out.splitlines() if '"type":"history"' in line]
-    return [
-        int(r["history"]["item"]["trainer/global_step"])
-        for r in rows
-        if "trainer/global_step" in r["history"]["item"]
-    ]
-
-
-def assert_sync_line_last(job: Job) -> None:
-    last = job.text().rstrip().splitlines()[-1]
-    assert last.startswith("[job] W&B ran offline; to upload this run: wandb sync "), last
-    assert last.split("wandb sync ", 1)[1].split() == [str(p) for p in offline_runs(job.run_dir)]
 
 
 def test_ddp_job_completes_with_checkpoint_and_offline_wandb_run(slurm, tmp_path):
@@ -137,10 +59,14 @@ def test_ddp_job_completes_with_checkpoint_and_offline_wandb_run(slurm, tmp_path
     assert_sync_line_last(job)
 
 
-def test_preempted_job_requeues_and_resumes_exactly(slurm, tmp_path):
-    args = (*DDP, "--trainer.max_steps", "40", "--checkpoint.every_n_train_steps", "4")
-    job = submit(slurm, tmp_path, "preempted", *args)
-    reference = submit(slurm, tmp_path, "uninterrupted", *args)  # queued behind: the node has 2 CPUs
+@pytest.fixture(scope="module")
+def reference(slurm, tmp_path_factory):
+    return Uninterrupted(slurm, tmp_path_factory.mktemp("reference"))
+
+
+def test_preempted_job_requeues_and_resumes_exactly(slurm, tmp_path, reference):
+    job = submit(slurm, tmp_path, "preempted", *PREEMPT_ARGS)
+    reference.submit()  # queued behind: the node has 2 CPUs
 
     job.wait_for(lambda: 8 in job.checkpoint_steps(), "checkpoint at step 8", timeout=600)
     job.signal("USR1")  # what SLURM sends 90 s before the time limit (#SBATCH --signal=SIGUSR1@90)
@@ -166,36 +92,20 @@ def test_preempted_job_requeues_and_resumes_exactly(slurm, tmp_path):
     assert then[0] == step and then[-1] == 39 and max(first) < step
     assert_sync_line_last(job)
 
-    info = reference.wait({"COMPLETED", "FAILED", "CANCELLED"}, timeout=900)
-    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "0", reference.text()[-5000:]
+    expected = reference.last()
     final = torch.load(saved, map_location="cpu", weights_only=True)
     assert final["global_step"] == 40
-    assert_same_weights(saved, reference.run_dir / "checkpoints" / "last.ckpt")
-    assert_same_weights(
-        job.run_dir / "checkpoints" / "step00040.ckpt", reference.run_dir / "checkpoints" / "step00040.ckpt"
-    )
+    assert_same_weights(saved, expected)
+    assert_same_weights(job.run_dir / "checkpoints" / "step00040.ckpt", expected.parent / "step00040.ckpt")
 
 
-def test_cancelled_job_is_not_requeued(slurm, tmp_path):
-    job = submit(
-        slurm,
-        tmp_path,
-        "cancelled",
-        *DDP,
-        "--trainer.max_steps",
-        "200",
-        "--checkpoint.every_n_train_steps",
-        "2",
-    )
-    job.wait_for(lambda: job.checkpoint_steps(), "first checkpoint", timeout=600)
-    slurm.run("scancel", job.id)  # SIGTERM, no SIGUSR1 before it
-    job.wait({"CANCELLED"}, timeout=120)
-    time.sleep(
-        20
-    )  # longer than a requeued job would wait before it runs again (cred_expire 10 s + scheduler 5 s)
-    info = job.info()
-    assert info["JobState"] == "CANCELLED" and info["Restarts"] == "0"
-    assert "preempted at step" not in job.text()
+def test_priority_preemption_requeues_and_resumes_from_the_sigterm_save(slurm, tmp_path, reference):
+    job = check_priority_preemption(slurm, tmp_path, reference)
+    print(f"1 node x 2 tasks: submit -> first training step {first_step_s(job):.0f} s")
+
+
+def test_cancelled_job_stays_cancelled_with_its_final_checkpoint(slurm, tmp_path):
+    check_cancel_stays_cancelled(slurm, tmp_path)
 
 
 def test_sweep_runs_one_array_task_per_line(slurm, tmp_path):

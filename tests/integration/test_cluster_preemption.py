@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,20 @@ def test_sigusr1_saves_stops_and_resumes_to_the_uninterrupted_weights(tmp_path, 
         assert final["global_step"] == expected["global_step"] == 40
         for name, tensor in expected["state_dict"].items():
             assert torch.equal(final["state_dict"][name], tensor), f"{saved}: {name}"
+
+
+def test_sigterm_saves_at_the_next_step_and_stops(tmp_path, runs):
+    """SIGTERM (what a cluster sends first when it preempts or cancels) is no longer a stop without a save."""
+    log = tmp_path / "term.log"
+    with open(log, "w") as fh:
+        proc = start(tmp_path, runs, "term", log=fh)
+        deadline = time.monotonic() + 600
+        while not list(runs.glob("term/*/checkpoints/step00004.ckpt")):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        err = finished(proc, log, 3)  # saved and stopped
+    found = re.findall(r"stopped by SIGTERM at step (\d+): saved (\S+); resume with --ckpt_path last", err)
+    assert len(found) == 1 and "Traceback" not in err, err[-4000:]
+    step, saved = int(found[0][0]), Path(found[0][1])
+    assert 4 <= step < 40 and load(saved)["global_step"] == step

@@ -94,3 +94,15 @@ def test_sweep_renders_an_array_over_the_lines_of_a_file(tmp_path):
     opts = sbatch_options(script)
     assert opts["array"] == "0-1" and opts["output"].endswith("slurm-%A_%a.log")
     assert f"export SWEEP={sweep}" in script
+
+
+def test_socket_interface_reaches_gloo_and_nccl(tmp_path, monkeypatch):
+    for key in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+        monkeypatch.delenv(key, raising=False)
+    opts = dry_run(tmp_path, *CPU_DDP, "--nodes", "2", "--socket-ifname", "ib0").stdout
+    assert "export GLOO_SOCKET_IFNAME=ib0" in opts and "export NCCL_SOCKET_IFNAME=ib0" in opts
+    assert sbatch_options(opts)["nodes"] == "2"
+    plain = dry_run(
+        tmp_path, *CPU_DDP
+    ).stdout  # not asked for, not set in this environment: the backends choose
+    assert "export GLOO_SOCKET_IFNAME" not in plain and "export NCCL_SOCKET_IFNAME" not in plain
