@@ -10,9 +10,13 @@ On a machine without CUDA it says so and exits 0.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
+
+# before torch starts OpenMP (pipeline/__init__.py says why); the benchmark imports torch before the package
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json
 import sys
 import tempfile
 from pathlib import Path

@@ -200,26 +200,39 @@ def initial_state(cli: PipelineCLI) -> dict:
     return {k: v.detach().clone() for k, v in cli.model.state_dict().items()}
 
 
-def compare(cfg: str, runs: Path, *overrides: str, steps: int = 60, warmup: int = 10) -> dict:
-    """Pipeline and plain loop back to back on the same config; returns both summaries and the loss agreement."""
-    a = build(cfg, runs / "a", *overrides, steps=steps)
-    start = initial_state(a)
-    precision = str(a.trainer.precision)
-    pipe = run_pipeline(a, warmup)
-    b = build(cfg, runs / "b", *overrides, steps=steps)
-    b.model.load_state_dict(start)
-    plain = run_plain(b, steps, warmup, precision)
+def compare(
+    cfg: str, runs: Path, *overrides: str, steps: int = 60, warmup: int = 10, rounds: int = 2
+) -> dict:
+    """Pipeline and plain loop back to back on the same config, ``rounds`` times in alternating order (AB, BA, ...)
+    so that a machine whose speed drifts favours neither; each side's speed is the median over its runs."""
+    runs_of: dict[str, list[dict]] = {"pipeline": [], "plain": []}
+    start = None
+    cli = None
+    for r in range(rounds):
+        for side in ("pipeline", "plain") if r % 2 == 0 else ("plain", "pipeline"):
+            c = build(cfg, runs / f"{side}{r}", *overrides, steps=steps)
+            if start is None:
+                start, precision = initial_state(c), str(c.trainer.precision)
+            c.model.load_state_dict(start)
+            if side == "pipeline":
+                runs_of[side].append(run_pipeline(c, warmup))
+                cli = c
+            else:
+                runs_of[side].append(run_plain(c, steps, warmup, precision))
+    pipe, plain = runs_of["pipeline"][0], runs_of["plain"][0]
     n = min(len(pipe["losses"]), len(plain["losses"]))
     diff = max(
         (abs(x - y) for x, y in zip(pipe["losses"][:n], plain["losses"][:n], strict=True)), default=None
     )
+    speed = {side: statistics.median(x["units_per_s"] for x in v) for side, v in runs_of.items()}
     return {
         "precision": precision,
         "threads": torch.get_num_threads(),
-        "pipeline": {k: v for k, v in pipe.items() if k != "losses"},
-        "plain": {k: v for k, v in plain.items() if k != "losses"},
-        "ratio": pipe["units_per_s"] / plain["units_per_s"] if plain["units_per_s"] else None,
+        "pipeline": {k: v for k, v in pipe.items() if k != "losses"} | {"units_per_s": speed["pipeline"]},
+        "plain": {k: v for k, v in plain.items() if k != "losses"} | {"units_per_s": speed["plain"]},
+        "runs_units_per_s": {side: [x["units_per_s"] for x in v] for side, v in runs_of.items()},
+        "ratio": speed["pipeline"] / speed["plain"] if speed["plain"] else None,
         "losses_compared": n,
         "max_loss_diff": diff,
-        "cli": a,
+        "cli": cli,
     }

@@ -9,9 +9,13 @@ favours no setting), in one process; sentences/s are over the timed steps (data 
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
+
+# before torch starts OpenMP (pipeline/__init__.py says why); the benchmark imports torch before the package
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json
 import statistics
 import sys
 import tempfile
