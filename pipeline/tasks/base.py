@@ -69,6 +69,7 @@ class SequenceTask(pl.LightningModule):
         self._tick: float | None = None
         self._window = [0.0, 0, 0]  # seconds, tokens, examples since the last logged throughput
         self._pad = [0.0, 0]  # sum and count of the padding fraction this epoch
+        self._loss_sum, self._loss_n = torch.zeros(()), 0  # n-weighted training loss this epoch
 
     def on_fit_start(self) -> None:
         if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
@@ -184,9 +185,20 @@ class SequenceTask(pl.LightningModule):
                     "train/pad_fraction_step", float(batch["pad_fraction"]), on_step=True, on_epoch=False
                 )
 
+    def log_train_loss(self, loss: torch.Tensor, n: int) -> None:
+        """``train/loss_step`` on the batches that reach the logger (and the progress bar), and ``train/loss_epoch``,
+        the mean over the epoch weighted by ``n``, at its end: the keys ``self.log(on_step=True, on_epoch=True)``
+        makes, without its bookkeeping on every batch (about 5% of a small model's step on a CPU)."""
+        loss = loss.detach()
+        self._loss_sum = self._loss_sum + loss.float() * n  # a tensor: no device sync per step
+        self._loss_n += n
+        if self.logging_step():
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
+
     def on_train_epoch_start(self) -> None:
         self._tick = None  # the first batch of an epoch waits for the stream to start: not counted
         self._window, self._pad = [0.0, 0, 0], [0.0, 0]
+        self._loss_sum, self._loss_n = torch.zeros(()), 0
 
     def on_validation_model_eval(self) -> None:
         super().on_validation_model_eval()
@@ -200,6 +212,9 @@ class SequenceTask(pl.LightningModule):
             self._tick = time.perf_counter()  # validation time is not training throughput
 
     def on_train_epoch_end(self) -> None:
+        if self._loss_n:
+            mean = self._loss_sum / self._loss_n
+            self.log("train/loss_epoch", mean, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         if self._pad[1]:
             pad = self._pad[0] / self._pad[1]
             self.log("train/pad_fraction_epoch", pad, on_step=False, on_epoch=True, sync_dist=True)

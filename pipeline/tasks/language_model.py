@@ -78,7 +78,7 @@ class LanguageModelTask(TBPTTTask):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = super().training_step(batch, batch_idx)  # nats per token, mean over the batch's windows
         n_tokens = batch["n_tokens"]
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n_tokens)
+        self.log_train_loss(loss, n_tokens)
         if self.logging_step():
             self.log(
                 "train/bpc", loss * n_tokens / max(batch["n_chars"], 1) / LN2, on_step=True, on_epoch=False

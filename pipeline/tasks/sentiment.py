@@ -59,14 +59,7 @@ class SentimentTask(SequenceTask):
             if self.logging_step():
                 accuracy = (preds == batch["labels"]).float().mean()
                 self.log("train/acc_step", accuracy, on_step=True, on_epoch=False)
-        self.log(
-            "train/loss",
-            loss.detach(),
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=len(batch["labels"]),
-        )
+        self.log_train_loss(loss, len(batch["labels"]))
         return loss.detach()
 
     def on_train_epoch_start(self) -> None:

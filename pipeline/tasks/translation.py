@@ -108,7 +108,7 @@ class TranslationTask(SequenceTask):
         self.optimizer_step_on(loss)
         if batch["weight"]:
             self.tokens_seen += batch["n_tokens"]
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=n_target)
+        self.log_train_loss(loss, n_target)
         return loss.detach()
 
     def on_train_start(self) -> None:

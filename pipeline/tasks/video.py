@@ -180,7 +180,7 @@ class VideoTask(TBPTTTask):
                 frame = torch.cat([f for _, _, f in windows], dim=1)  # (B, T, K_frame)
                 self.train_frame_acc(frame.flatten(0, 1), frame_labels.flatten())
                 self.log("train/frame_acc", self.train_frame_acc, on_step=True, on_epoch=True, batch_size=n)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log_train_loss(loss, n)
         if batch.get("decode_s"):
             self.log(
                 "data/decode_fps",
