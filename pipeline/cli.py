@@ -187,6 +187,8 @@ class PipelineCLI(LightningCLI):
         trace = DataTrace.from_env()
         if trace is not None:
             trainer.callbacks.insert(1, trace)
+        if getattr(self, "thread_probe", None) is not None:
+            trainer.callbacks.append(self.thread_probe)
         if self.mode == "fit":  # last: after ModelCheckpoint, so a step's own checkpoint is written first
             trainer.callbacks.append(Preemption())
         if self.mode != "fit":
@@ -252,9 +254,16 @@ class PipelineCLI(LightningCLI):
             )
             cfg.trainer.precision = precision
         processes = hardware.local_processes(cfg.trainer.devices, cfg.trainer.accelerator, caps)
+        on_gpu = hardware.on_cuda(cfg.trainer.accelerator, caps)
         workers = int((cfg.data.get("init_args") or {}).get("num_workers") or 0)
         threads, why_threads = hardware.resolve_threads(cfg.threads, processes, workers)
         torch.set_num_threads(threads)
+        self.thread_probe = None
+        candidates = hardware.probe_candidates(threads)
+        policy = why_threads not in ("--threads", "OMP_NUM_THREADS")
+        if self.mode == "fit" and policy and processes == 1 and not on_gpu and len(candidates) > 1:
+            self.thread_probe = hardware.ThreadProbe(candidates)
+            why_threads += f"; then the fastest of {'/'.join(map(str, candidates))}, timed on the first steps"
         return f"precision {precision} ({why_precision}); {threads} torch thread{'s' if threads > 1 else ''} ({why_threads})"
 
     def report_end(self) -> None:

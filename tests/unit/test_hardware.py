@@ -111,3 +111,31 @@ def test_explicit_threads_win(monkeypatch):
 )
 def test_local_processes_on_cpu(devices, expected):
     assert hardware.local_processes(devices, "cpu", AVX2) == expected
+
+
+def test_probe_candidates():
+    assert hardware.probe_candidates(8) == [8, 4, 1]
+    assert hardware.probe_candidates(2) == [2, 1]
+    assert hardware.probe_candidates(1) == [1]
+
+
+def test_thread_probe_trains_on_with_the_fastest_count(monkeypatch, capsys):
+    """Steps at 2 threads take 30 ms and at 1 thread 20 ms (a small model beside another process): 1 wins."""
+    import torch
+
+    clock = [0.0]
+    monkeypatch.setattr(hardware.time, "perf_counter", lambda: clock[0])
+    before = torch.get_num_threads()
+    probe = hardware.ThreadProbe([2, 1], steps=3, skip=1)
+    try:
+        used = []
+        for i in range(1 + 3 * 2 + 2):
+            probe.on_train_batch_start(None, None, {}, i)
+            used.append(torch.get_num_threads())
+            clock[0] += {2: 0.030, 1: 0.020}.get(torch.get_num_threads(), 0.05)
+            probe.on_train_batch_end(None, None, None, {}, i)
+        assert used[1:4] == [2, 2, 2] and used[4:7] == [1, 1, 1]
+        assert probe.chosen == 1 and torch.get_num_threads() == 1 and used[7:] == [1, 1]
+        assert "(2 -> 30.0 ms, 1 -> 20.0 ms per step): using 1" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
