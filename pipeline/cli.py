@@ -261,7 +261,12 @@ class PipelineCLI(LightningCLI):
         self.thread_probe = None
         candidates = hardware.probe_candidates(threads)
         policy = why_threads not in ("--threads", "OMP_NUM_THREADS")
-        if self.mode == "fit" and policy and processes == 1 and not on_gpu and len(candidates) > 1:
+        single = (
+            processes == 1
+            and int(cfg.trainer.num_nodes or 1) == 1
+            and int(os.environ.get("SLURM_NTASKS", 1)) == 1
+        )
+        if self.mode == "fit" and policy and single and not on_gpu and len(candidates) > 1:
             self.thread_probe = hardware.ThreadProbe(candidates)
             why_threads += f"; then the fastest of {'/'.join(map(str, candidates))}, timed on the first steps"
         return f"precision {precision} ({why_precision}); {threads} torch thread{'s' if threads > 1 else ''} ({why_threads})"
