@@ -43,7 +43,10 @@ class ResumeState(pl.Callback):
         self.position = tuple(batch.get("position", (trainer.current_epoch, batch_idx + 1)))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.position = (trainer.current_epoch + 1, 0)
+        # Lightning runs the epoch-end hooks also when max_steps / max_time / should_stop ends training mid-epoch;
+        # only an epoch whose data ran out is over, otherwise the position stays where training stopped
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or self.position[1] == 0:
+            self.position = (trainer.current_epoch + 1, 0)
 
     def state_dict(self) -> dict:
         return {
@@ -65,6 +68,8 @@ class ResumeState(pl.Callback):
         self.position = (state["epoch"], state["consumed"])
         if self.position[1] == 0:
             self._finish_saved_epoch(checkpoint)
+        elif self._reopen_stopped_epoch(checkpoint):
+            pass
         elif self._finish_last_batch(checkpoint):
             self.position = (self.position[0] + 1, 0)
         if trainer.datamodule is not None:
@@ -88,6 +93,25 @@ class ResumeState(pl.Callback):
             batches = loops["epoch_loop.batch_progress"]
             batches["current"] = dict.fromkeys(batches["current"], 0)
             batches["is_last_batch"] = False
+
+    @staticmethod
+    def _reopen_stopped_epoch(checkpoint: dict) -> bool:
+        """A checkpoint written after training stopped mid-epoch (``max_steps``, ``max_time``): Lightning has run the
+        epoch-end hooks and counts the epoch as completed, so it would resume in the next epoch and skip the rest of
+        this one. Restore it as the checkpoint of that epoch's last trained batch instead (the state a checkpoint
+        written in ``on_train_batch_end`` has), so the continued run trains the rest of the epoch."""
+        loops = checkpoint.get("loops", {}).get("fit_loop")
+        if not loops or loops["epoch_loop.batch_progress"].get("is_last_batch"):
+            return False
+        progress = loops["epoch_progress"]
+        if progress["total"]["completed"] != progress["total"]["started"]:
+            return False  # the epoch is open: an ordinary mid-epoch checkpoint
+        for part in ("total", "current"):
+            progress[part]["processed"] = progress[part]["completed"] = progress[part]["started"] - 1
+        batches = loops["epoch_loop.batch_progress"]
+        for part in ("total", "current"):
+            batches[part]["completed"] = batches[part]["processed"] - 1
+        return True
 
     @staticmethod
     def _finish_last_batch(checkpoint: dict) -> bool:
