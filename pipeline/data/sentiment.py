@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 import torch
@@ -13,11 +14,14 @@ from pipeline.data.tokenizer import PAD, Tokenizer
 
 
 def pad_batch(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad id lists with PAD: returns tokens (B, T) and lengths (B,)."""
-    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-    tokens = torch.full((len(seqs), int(lengths.max())), PAD, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        tokens[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    """Right-pad id lists with PAD: returns tokens (B, T) and lengths (B,).
+
+    One tensor of all ids scattered through a length mask, not one copy per row (a few calls per batch)."""
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)  # (B,)
+    flat = torch.tensor(list(itertools.chain.from_iterable(seqs)), dtype=torch.long)  # (sum of lengths,)
+    width = int(lengths.max())
+    tokens = torch.full((len(seqs), width), PAD, dtype=torch.long)  # (B, T)
+    tokens[torch.arange(width) < lengths[:, None]] = flat  # row-major mask order = the order of flat
     return tokens, lengths
 
 
@@ -94,6 +98,35 @@ class SentimentData(StreamDataModule):
             faults.skip("truncated", where, f"{len(ids)} > max_length {self.max_length}")
             ids = ids[: self.max_length]
         return ids, label
+
+    def encode_many(self, records: list[dict], faults: FaultCounter) -> list[tuple[list[int], int] | None]:
+        """A buffer at once: labels checked per record, then one sentencepiece call for all the texts."""
+        column, labels, index = self.text_column, self.label_column, self.label_index
+        out: list = [None] * len(records)
+        keep, texts = [], []
+        for i, record in enumerate(records):
+            text = record[column]
+            label = index.get(record[labels].strip())
+            if not text or not text.strip():
+                faults.skip("empty", record["_where"])
+            elif label is None:
+                faults.skip("bad_label", record["_where"], f"label {record[labels]!r} not in {self.labels}")
+            else:
+                keep.append((i, label))
+                texts.append(text)
+        longest = self.max_length
+        for (i, label), ids in zip(keep, self.tokenizer.encode_many(texts), strict=True):
+            if not ids:
+                faults.skip("empty", records[i]["_where"])
+            elif len(ids) > longest:
+                if self.overlength == "skip":
+                    faults.skip("too_long", records[i]["_where"], f"{len(ids)} > max_length {longest}")
+                else:
+                    faults.skip("truncated", records[i]["_where"], f"{len(ids)} > max_length {longest}")
+                    out[i] = (ids[:longest], label)
+            else:
+                out[i] = (ids, label)
+        return out
 
     def length(self, example: tuple[list[int], int]) -> int:
         return len(example[0])

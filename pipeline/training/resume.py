@@ -19,6 +19,7 @@ import random
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 
 
 class ResumeState(pl.Callback):
@@ -31,7 +32,9 @@ class ResumeState(pl.Callback):
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
         self.position: tuple[int, int] = (0, 0)  # (epoch, batches consumed in it)
+        self.data_state: dict | None = None  # this rank's data loader state at that point (see data.stream)
         self.wandb_id: str | None = None
+        self._group = None
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: dict, batch_idx: int
@@ -41,17 +44,32 @@ class ResumeState(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: dict, batch_idx: int) -> None:
         self.position = tuple(batch.get("position", (trainer.current_epoch, batch_idx + 1)))
+        self.data_state = batch.get("data_state")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning runs the epoch-end hooks also when max_steps / max_time / should_stop ends training mid-epoch;
         # only an epoch whose data ran out is over, otherwise the position stays where training stopped
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or self.position[1] == 0:
             self.position = (trainer.current_epoch + 1, 0)
+            self.data_state = None
+
+    def _gathered_data(self) -> dict | None:
+        """Every rank's data state (only rank 0 writes the checkpoint, but every rank calls ``state_dict``)."""
+        states = [self.data_state]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            if self._group is None:
+                self._group = dist.new_group(backend="gloo")
+            states = [None] * dist.get_world_size()
+            dist.all_gather_object(states, self.data_state, group=self._group)
+        if any(s is None for s in states):
+            return None
+        return {"layout": [len(states), len(states[0]["workers"])], "ranks": states}
 
     def state_dict(self) -> dict:
         return {
             "epoch": int(self.position[0]),
             "consumed": int(self.position[1]),
+            "data": self._gathered_data(),
             "seed": self.seed,
             "wandb_id": self.wandb_id,
             "rng_torch": torch.get_rng_state(),
@@ -74,6 +92,8 @@ class ResumeState(pl.Callback):
             self.position = (self.position[0] + 1, 0)
         if trainer.datamodule is not None:
             trainer.datamodule.resume_at = self.position
+            if self.position[1] and hasattr(trainer.datamodule, "resume_data"):
+                trainer.datamodule.resume_data = state.get("data")
         torch.set_rng_state(state["rng_torch"])
 
     @staticmethod
