@@ -88,7 +88,14 @@ def rank_states(data: dict, stream: Any, world: int, workers: int, consumed: int
             p, s = _left_over(stream, r * old_workers + k, old_nodes, state, k in rank["ended"])
             partials += p
             rest += s
-    nodes = world * workers
+    # dealt out with the rank varying fastest (rank 0 worker 0, rank 1 worker 0, ...), partial buffers first and
+    # the segments after them, so that the ranks get equal shares even when little is left
+    deal = [r * workers + k for k in range(workers) for r in range(world)]
+    mine: dict[int, tuple[list, list]] = {m: ([], []) for m in deal}
+    for i, item in enumerate(partials):
+        mine[deal[i % len(deal)]][0].append(item)
+    for i, item in enumerate(rest):
+        mine[deal[(len(partials) + i) % len(deal)]][1].append(item)
     out = []
     for r in range(world):
         states = []
@@ -96,11 +103,11 @@ def rank_states(data: dict, stream: Any, world: int, workers: int, consumed: int
             m = r * workers + k
             work: list = []
             fixed: list = []
-            for segments, key, skip in partials[m::nodes]:
+            for segments, key, skip in mine[m][0]:
                 base = len(work)
                 work += segments
                 fixed.append(((base, None), (len(work) - 1, segments[-1][2]), key, skip))
-            work += rest[m::nodes]
+            work += mine[m][1]
             states.append(
                 {
                     "tag": f"{old_world}x{old_workers}>{world}x{workers}@{consumed}/{m}",

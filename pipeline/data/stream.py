@@ -223,6 +223,7 @@ class StreamLoader:
         self.fault_counts: dict[str, int] = {}
         self.examples_seen = 0
         self._group = None
+        self._remake_from: tuple[dict, int, int] | None = None  # (old rank state, its rank, world) on resume
 
     def _rank_world(self) -> tuple[int, int]:
         if dist.is_available() and dist.is_initialized():
@@ -275,16 +276,16 @@ class StreamLoader:
             batch["data_state"] = {"next": cursor, "workers": list(states), "ended": done, "last": k}
             yield batch
 
-    def _last_batch(self, rank_state: dict) -> dict:
-        """The last batch a resumed rank had yielded before it ran out: made again from its worker's state, for the
-        zero-weight copies that keep it in step with the ranks that still have batches."""
-        k = rank_state["last"]
-        state = rank_state["workers"][k]
+    def _remade_batch(self, source: tuple[dict, int, int], rank_state: dict) -> dict:
+        """A resumed rank with nothing left still steps with the others, on zero-weight copies of a batch: the last
+        batch it (or, after a layout change, an old rank) had yielded, made again from the checkpointed state."""
+        old, rank, world = source
+        k = old["last"]
+        state, workers = old["workers"][k], len(old["workers"])
         self.stream.faults = FaultCounter()
-        nodes = self.stream.world * len(rank_state["workers"])
         batch = next(
             self.stream.node_batches(
-                self.stream.rank * len(rank_state["workers"]) + k, nodes, {**state, "done": state["done"] - 1}
+                rank * workers + k, world * workers, {**state, "done": state["done"] - 1}
             )
         )
         batch.pop("state")
@@ -307,6 +308,14 @@ class StreamLoader:
             return 0, at[1], None
         from pipeline.data.elastic import rank_states
 
+        old = [
+            (state, r, len(data["ranks"]))
+            for r, state in enumerate(data["ranks"])
+            if state.get("last") is not None
+        ]
+        self._remake_from = (
+            old[rank] if data["layout"][0] == world and rank < len(old) else (old or [None])[0]
+        )
         return at[1], 0, rank_states(data, self.stream, world, max(1, self.num_workers), at[1])[rank]
 
     def __iter__(self) -> Iterator[dict]:
@@ -323,8 +332,8 @@ class StreamLoader:
                 if not self._any_rank_has(batch is not None):
                     break
                 if batch is None:  # this rank ran out first: a zero-weight copy keeps the ranks in step
-                    if last is None and rank_state is not None and rank_state["last"] is not None:
-                        last = self._last_batch(rank_state)  # resumed with nothing left on this rank
+                    if last is None and rank_state is not None and self._remake_from is not None:
+                        last = self._remade_batch(self._remake_from, rank_state)  # resumed, nothing left here
                     if last is None:
                         raise DataError(
                             f"rank {rank} received no training examples in epoch {epoch}; the training data is "
