@@ -308,14 +308,13 @@ class StreamLoader:
             return 0, at[1], None
         from pipeline.data.elastic import rank_states
 
-        old = [
-            (state, r, len(data["ranks"]))
+        world_then = len(data["ranks"])
+        old = {
+            r: (state, r, world_then)
             for r, state in enumerate(data["ranks"])
             if state.get("last") is not None
-        ]
-        self._remake_from = (
-            old[rank] if data["layout"][0] == world and rank < len(old) else (old or [None])[0]
-        )
+        }
+        self._remake_from = old.get(rank) if world_then == world else next(iter(old.values()), None)
         return at[1], 0, rank_states(data, self.stream, world, max(1, self.num_workers), at[1])[rank]
 
     def __iter__(self) -> Iterator[dict]:
