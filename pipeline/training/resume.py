@@ -3,9 +3,13 @@
 What makes a resumed run bit-identical to an uninterrupted one:
 
 - model, optimizer, scheduler and loop counters: Lightning's checkpoint;
-- the data position: ``(epoch, batches consumed in the epoch)``. The batches of an epoch are a pure function of the
-  config (see :mod:`pipeline.data.stream`) and every rank consumes in lockstep, so this pair restores the position of
-  every rank and every DataLoader worker, although only rank 0 writes the checkpoint;
+- the data position: ``(epoch, batches consumed in the epoch)``, the same on every rank (they consume in lockstep),
+  plus ``data``: every rank's loader state after that batch (per DataLoader worker: where its shuffle buffer began and
+  ended, and how many of its batches were consumed; see :mod:`pipeline.data.stream`). Only rank 0 writes the
+  checkpoint, so the states are gathered from all ranks when it is written. A resumed loader seeks there and re-reads
+  one buffer instead of producing the epoch's consumed batches again, also on another number of ranks or workers
+  (:mod:`pipeline.data.elastic`). A run that stops itself mid-epoch (``max_steps``, ``max_time``) keeps its position:
+  Lightning runs the epoch-end hooks then, but the epoch is not over;
 - randomness: before every training batch the torch RNG is reseeded from ``(seed, epoch, batch, rank)``, so dropout
   masks do not depend on how many batches ran in this process. The RNG states (torch, numpy, python) are stored too,
   for inspection;

@@ -7,23 +7,7 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import cli_env, run_cli
-from tests.integration.test_resume import DEBUG, assert_same_weights, consumed
-
-
-def fit(tmp_path: Path, runs: Path, trace: Path, *args: str, resume: bool = False) -> None:
-    env = cli_env(tmp_path, PIPELINE_TRACE=str(trace))
-    run_cli(
-        "pipeline.fit",
-        "--config",
-        DEBUG,
-        "--runs_dir",
-        str(runs),
-        *args,
-        *(["--ckpt_path", "last"] if resume else []),
-        tmp_path=tmp_path,
-        env=env,
-    )
+from tests.integration.test_resume import DEBUG, assert_same_weights, consumed, fit
 
 
 def saved(runs: Path) -> tuple[int, tuple[int, int]]:
