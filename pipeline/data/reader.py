@@ -45,6 +45,9 @@ class ShardReader:
         self.files, self.dataset, self.columns = files, dataset, tuple(columns)
         self.fmt, self.header, self.label = fmt, tuple(header) if header else None, label
         self.root = str(data_root())
+        self.mix: tuple[int, int, int] | None = (
+            None  # (seed, epoch, buffer) of a training stream over ``dataset``
+        )
 
     def plan(self, nodes: int) -> list[Shard]:
         """The shards for ``nodes`` readers (a pure function of the files and ``nodes``)."""
@@ -58,7 +61,7 @@ class ShardReader:
         kind = shard[0]
         if kind in ("ds", "every"):
             assert self.dataset is not None
-            records = dataset_records(self.dataset, shard, offset)
+            records = dataset_records(self.dataset, shard, offset, self.mix)
         elif kind == "text":
             records = self._text(shard, offset)
         elif kind == "rowgroup":

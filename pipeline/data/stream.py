@@ -138,6 +138,7 @@ class BatchStream(IterableDataset):
         if state == "done":
             return
         state = dict(state or {})
+        self.reader.mix = (self.seed, self.epoch, self.buffer_size) if self.shuffle else None
         plan_nodes = state.get("plan_nodes", nodes)
         shards = self.reader.plan(plan_nodes)
         work = segments(state.get("work") or []) or canonical_work(
