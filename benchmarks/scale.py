@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, machine, write  # noqa: E402
+from benchmarks.common import RESULTS, ROOT, machine, write  # noqa: E402
 
 SST2 = Path(os.environ.get("PIPELINE_DATA", ROOT / ".." / "shared" / "data")) / "sst2" / "train.tsv"
 ROWS = 67_349  # SST-2 training sentences
@@ -107,12 +107,27 @@ def job_resume(path: Path, marks: Path, frac: str) -> dict:
     return {"first_batch_s": time.perf_counter() - start, "records_read": ShardReader.records_read}
 
 
+def make_shards(path: Path, folder: Path, count: int = 16) -> list[Path]:
+    """The same rows as ``path`` in ``count`` files (each with the header), for the multi-file split."""
+    files = [folder / f"part-{i:02d}.tsv" for i in range(count)]
+    if all(f.exists() for f in files):
+        return files
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = path.read_text().splitlines(keepends=True)
+    header, rows = lines[0], lines[1:]
+    step = -(-len(rows) // count)
+    for i, f in enumerate(files):
+        f.write_text(header + "".join(rows[i * step : (i + 1) * step]))
+    return files
+
+
 def job_split(path: Path, nodes: int) -> dict:
     from pipeline.data.shards import CountingFile
     from pipeline.data.source import Source
     from pipeline.data.stream import canonical_work
 
-    reader = Source(path=str(path)).reader(["sentence", "label"])
+    files = sorted(path.glob("*.tsv")) if path.is_dir() else [path]
+    reader = Source(path=[str(f) for f in files]).reader(["sentence", "label"])
     shards = reader.plan(nodes)
     per_node = []
     for node in range(nodes):
@@ -121,8 +136,10 @@ def job_split(path: Path, nodes: int) -> dict:
             for _ in reader.records(shards[shard], None):
                 pass
         per_node.append(CountingFile.total - before)
-    size = path.stat().st_size
+    size = sum(f.stat().st_size for f in files)
     return {
+        "files": len(files),
+        "shards": len(shards),
         "file_bytes": size,
         "bytes_read": sum(per_node),
         "ratio": sum(per_node) / size,
@@ -134,10 +151,12 @@ def job_rate(path: Path, workers: int, batches: int) -> dict:
     loader = data_module(path, workers).train_dataloader()
     it = iter(loader)
     next(it)  # workers started, first buffer filled
-    tokens, start = 0, time.perf_counter()
-    for _ in range(batches):
-        tokens += next(it)["n_tokens"]
-    return {"tokens_per_s": tokens / (time.perf_counter() - start)}
+    tokens, n, start = 0, 0, time.perf_counter()
+    for batch in it:  # up to ``batches`` or the end of the epoch
+        tokens, n = tokens + batch["n_tokens"], n + 1
+        if n == batches:
+            break
+    return {"tokens_per_s": tokens / (time.perf_counter() - start), "batches": n}
 
 
 def job_tokenizer(path: Path) -> dict:
@@ -166,7 +185,14 @@ def main() -> None:
     ap.add_argument(
         "--split-scale", type=int, default=20, help="the one file the split is measured on (20: 1.35M rows)"
     )
-    ap.add_argument("--rate-batches", type=int, default=1500)
+    ap.add_argument(
+        "--rate-batches", type=int, default=1000, help="batches timed per worker count (1x: ~1050)"
+    )
+    ap.add_argument(
+        "--parts",
+        default="scales,split,rate",
+        help="what to measure now; the others are kept from scale.json",
+    )
     ap.add_argument("--job", help=argparse.SUPPRESS)
     ap.add_argument("args", nargs="*", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -183,55 +209,80 @@ def main() -> None:
         return
     corpora = Path(a.corpora).resolve()
     corpora.mkdir(parents=True, exist_ok=True)
-    scales = [int(s) for s in a.scales.split(",")]
-    result: dict = {"machine": machine(), "cpu": cpu_name(), "scales": {}}
-    table: list[tuple[str, str]] = []
-    for s in scales:
-        path = make_corpus(corpora / f"sst2_{s}x.tsv", s)
-        marks = corpora / f"sst2_{s}x.marks.json"
-        run = {"rows": ROWS * s, "pass": sub("pass", str(path), str(marks))}
-        run["resume"] = {f: sub("resume", str(path), str(marks), f) for f in ("0.05", "0.5", "0.95")}
-        result["scales"][s] = run
-        table.append(
-            (f"{s}x ({ROWS * s:,} rows): first batch, fresh start", f"{run['pass']['first_batch_s']:.2f} s")
+    parts = set(a.parts.split(","))
+    old = RESULTS / "scale.json"
+    result: dict = (
+        json.loads(old.read_text()) if old.exists() and parts != {"scales", "split", "rate"} else {}
+    )
+    result.setdefault("runs", {})
+    if "scales" in parts:
+        result["scales"] = {}
+        for s in (int(x) for x in a.scales.split(",")):
+            path = make_corpus(corpora / f"sst2_{s}x.tsv", s)
+            marks = corpora / f"sst2_{s}x.marks.json"
+            run = {"rows": ROWS * s, "pass": sub("pass", str(path), str(marks))}
+            run["resume"] = {f: sub("resume", str(path), str(marks), f) for f in ("0.05", "0.5", "0.95")}
+            result["scales"][str(s)] = run
+            write("scale", result, table(result))  # kept if a later part fails
+    if "split" in parts:
+        one_file = make_corpus(corpora / f"sst2_{a.split_scale}x.tsv", a.split_scale)
+        make_shards(one_file, corpora / f"sst2_{a.split_scale}x_16")
+        result["split"] = {
+            "rows": ROWS * a.split_scale,
+            "one file": {n: sub("split", str(one_file), str(n)) for n in (1, 4, 16)},
+            "16 files": {
+                n: sub("split", str(corpora / f"sst2_{a.split_scale}x_16"), str(n)) for n in (1, 4, 16)
+            },
+        }
+    if "rate" in parts:
+        one = make_corpus(corpora / "sst2_1x.tsv", 1)
+        result["rate"] = {str(w): sub("rate", str(one), str(w), str(a.rate_batches)) for w in (0, 1, 2)}
+        result["tokenizer_list_encode"] = sub("tokenizer", str(one))
+    stamp = {**machine(), "cpu": cpu_name()}
+    result["runs"].update({part: stamp for part in parts})  # when and under what load each part was measured
+    write("scale", result, table(result))
+
+
+def table(result: dict) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    for s, run in result.get("scales", {}).items():
+        rows.append(
+            (
+                f"{s}x ({run['rows']:,} rows): first batch, fresh start",
+                f"{run['pass']['first_batch_s']:.2f} s",
+            )
         )
         for f, r in run["resume"].items():
-            table.append(
+            rows.append(
                 (
-                    f"{s}x: first batch after a resume at {float(f):.0%}",
+                    f"{s}x: first batch after a resume at {float(f):.0%} of the epoch",
                     f"{r['first_batch_s']:.2f} s ({r['records_read']:,} records read)",
                 )
             )
-        table.append((f"{s}x: peak RSS over one epoch (no worker)", f"{run['pass']['peak_rss_mb']:.0f} MB"))
-    split_path = make_corpus(corpora / f"sst2_{a.split_scale}x.tsv", a.split_scale)
-    result["split"] = {n: sub("split", str(split_path), str(n)) for n in (1, 4, 16)}
-    for n, r in result["split"].items():
-        table.append(
+        rows.append((f"{s}x: peak RSS over one epoch (no worker)", f"{run['pass']['peak_rss_mb']:.0f} MB"))
+    split = result.get("split", {})
+    for layout in ("one file", "16 files"):
+        for n, r in split.get(layout, {}).items():
+            rows.append(
+                (
+                    f"{n} nodes over {layout} ({split['rows']:,} rows, {r['shards']} shards): bytes read / bytes",
+                    f"{r['ratio']:.4f}x (largest node: {r['max_node_share']:.2f}x its share)",
+                )
+            )
+    for w, r in result.get("rate", {}).items():
+        rows.append((f"loader tokens/s, {w} workers (SST-2 sentences)", f"{r['tokens_per_s']:,.0f}"))
+    if "tokenizer_list_encode" in result:
+        rows.append(
             (
-                f"{n} nodes over one {ROWS * a.split_scale:,}-row file: bytes read / file",
-                f"{r['ratio']:.4f}x (largest node: {r['max_node_share']:.2f}x its share)",
+                "sentencepiece list-encode alone, tokens/s",
+                f"{result['tokenizer_list_encode']['tokens_per_s']:,.0f}",
             )
         )
-    one = corpora / "sst2_1x.tsv"
-    make_corpus(one, 1)
-    result["rate"] = {w: sub("rate", str(one), str(w), str(a.rate_batches)) for w in (0, 1, 2)}
-    result["tokenizer_list_encode"] = sub("tokenizer", str(one))
-    for w, r in result["rate"].items():
-        table.append((f"loader tokens/s, {w} workers", f"{r['tokens_per_s']:,.0f}"))
-    table.append(
-        (
-            "sentencepiece list-encode alone, tokens/s",
-            f"{result['tokenizer_list_encode']['tokens_per_s']:,.0f}",
+    for part, m in result.get("runs", {}).items():
+        rows.append(
+            (f"machine ({part})", f"{m['cpu']}, load average {m['load_average_1_5_15min']} (shared machine)")
         )
-    )
-    result["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    table.append(
-        (
-            "machine",
-            f"{result['cpu']}, load average before {result['machine']['load_average_1_5_15min']}, after {result['machine']['load_average_after']} (shared machine)",
-        )
-    )
-    write("scale", result, table)
+    return rows
 
 
 def cpu_name() -> str:
