@@ -144,16 +144,11 @@ class BatchStream(IterableDataset):
         work = segments(state.get("work") or []) or canonical_work(
             len(shards), self.seed, self.epoch, node, plan_nodes, self.shuffle
         )
-        fixed = (
-            state.get("fixed") or []
-        )  # elastic: flushes of another layout to finish first (see elastic.py)
+        # elastic: buffers begun on another layout, to finish first (bounds, seed, batches trained; see elastic.py)
+        fixed = state.get("fixed") or []
         tag = state.get("tag", str(node))
-        flush, skip, pos, stop = (
-            state.get("flush", 0),
-            state.get("done", 0),
-            position(state.get("buf", (0, None))),
-            None,
-        )
+        flush, skip, stop = state.get("flush", 0), state.get("done", 0), None
+        pos = position(state.get("buf", (0, None)))
         self.faults.counts.update(state.get("faults", {}))
         if state and state["done"] < state["of"]:
             stop = position(state["end"])  # re-read exactly that buffer, drop the batches already yielded
@@ -164,7 +159,7 @@ class BatchStream(IterableDataset):
             common |= {"work": work, "fixed": fixed}
         while True:
             key = f"{self.seed}/{self.epoch}/{tag}/{flush}"
-            if flush < len(fixed):  # bounds, seed and batches already trained of another layout's buffer
+            if flush < len(fixed):
                 pos, stop, key = position(fixed[flush][0]), position(fixed[flush][1]), fixed[flush][2]
                 skip = max(skip, fixed[flush][3])
             before = self.faults.snapshot()
