@@ -6,7 +6,8 @@ in and how many of that buffer's batches were consumed. What is left of the epoc
     old node n:  [ ...consumed... | partial buffer: buf ──── end | rest of its segments ──────────────── ]
                                     (done of its batches yielded)  (never read)
 
-- the partial buffer: read again from ``buf`` to ``end`` and cut with the old node's seed, it gives the same batches;
+- the partial buffer: read again from ``buf`` to ``end`` and cut with the old node's shuffle state, it gives the same
+  batches;
   the first ``done`` were trained on, the others were not. It moves whole to one new node, as a "fixed" flush;
 - the rest: segments ``(shard, from, to)``, dealt out round robin to the new nodes.
 
@@ -49,11 +50,9 @@ def _left_over(stream: Any, node: int, nodes: int, state: Any, ended: bool) -> t
     if not state:
         return [], list(work)
     flush, done, of = state["flush"], state["done"], state["of"]
-    tag = state.get("tag", str(node))
     partials = []
-    if done < of:
-        key = fixed[flush][2] if flush < len(fixed) else f"{stream.seed}/{stream.epoch}/{tag}/{flush}"
-        partials.append((_segments(work, state["buf"], state["end"]), key, done))
+    if done < of:  # the shuffle state at the start of that buffer cuts the same batches again
+        partials.append((_segments(work, state["buf"], state["end"]), state["rng"], done))
     for start, end, key, skip in fixed[flush + 1 :]:  # not begun here, but begun (skip batches) before
         partials.append((_segments(work, start, end), key, skip))
     rest_from = position(fixed[-1][1] if flush + 1 < len(fixed) else state["end"])

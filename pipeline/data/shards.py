@@ -19,6 +19,7 @@ to there: no seek exists for them).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -34,6 +35,10 @@ Shard = (
     tuple  # ("text", path, start, end) | ("gzip", path) | ("rowgroup", path, group, first_row) | ("ds", j, n)
 )
 Offset = Any  # (byte, line) for text, an int otherwise; compared only for equality
+
+_INTERLEAVES_SHARDS = (
+    "max_buffer_input_shards" in inspect.signature(datasets.IterableDataset.shuffle).parameters
+)
 
 #: Size of a byte range of a text file, the unit of the shard shuffle: a node reads its ranges in a new random order
 #: every epoch, so a shuffle buffer (10k SST-2 rows are ~0.5 MB) draws from a few places spread over the file; the
@@ -150,13 +155,18 @@ def dataset_records(
     ``mix = (seed, epoch, buffer)`` streams them through datasets' seeded shuffle buffer first: such sources are often
     one shard (two zipped files), which the shard shuffle cannot mix; the order is still a pure function of the epoch.
     """
-    if mix is not None:
-        ds = ds.shuffle(seed=mix[0], buffer_size=mix[2])
-        ds.set_epoch(mix[1])
     kind, j, n = shard
     part = (
         ds.shard(num_shards=n, index=j) if kind == "ds" else split_dataset_by_node(ds, rank=j, world_size=n)
     )
+    if mix is not None:  # after sharding: shard() drops the epoch that set_epoch gave the shuffle
+        # datasets >= 5 feeds the buffer from up to 10 shards at once through a thread pool, one future per example
+        # (~50 us each); with a single shard there is nothing to interleave
+        single = part.num_shards == 1 and _INTERLEAVES_SHARDS
+        part = part.shuffle(
+            seed=mix[0], buffer_size=mix[2], **({"max_buffer_input_shards": 1} if single else {})
+        )
+        part.set_epoch(mix[1])
     done = 0
     for chunk in part.iter(batch_size=256):
         keys = list(chunk)

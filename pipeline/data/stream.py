@@ -6,8 +6,9 @@ How the stream is laid out per rank and DataLoader worker (W ranks, K workers ea
         │  epoch e: the shard order is shuffled with (seed, e); node n = rank*K + worker reads shards n, n+N, n+2N...
         ▼  (its "work": a list of segments (shard, from offset, to offset))
     node n:  read records into a buffer of buffer_size ─► encode the buffer (list-encode) ─► bucket, shuffle
-             with Random((seed, e, n, flush f)) ─► collate ─► batches, each tagged with the node's state:
-                 buf = position where this buffer began, end = position after it, flush f, done j of its batches
+             with the node's Random((seed, e, n)) ─► collate ─► batches, each tagged with the node's state:
+                 buf = position where this buffer began, end = position after it, done j of its batches,
+                 rng = the shuffle's state when the buffer began
         ▼
     StreamLoader (one per rank): takes batches from its K workers round robin (its own cursor, not the DataLoader's,
         so that a resumed rank continues the same order) ─► equalize ─► tag position + data state ─► Trainer
@@ -19,7 +20,8 @@ Why this resume design (source offset + the buffer's bounds per node, rather tha
 or a block shuffle with fixed blocks): the buffer is a pure function of where it began, so a checkpoint stores two
 positions per (rank, worker) instead of the buffered examples, and a resumed node seeks to ``buf``, reads the one
 buffer again, re-cuts the same batches from the same seeded shuffle and drops the ``done`` it had already yielded.
-The work on resume is one buffer (plus, for sources that cannot seek, the rest of one shard), never the epoch so far;
+The work on resume is one buffer (for sources that cannot seek, gzip and datasets streams, also the shard up to
+there, read but not encoded), never the epoch so far;
 and the same bounds let another layout take the remaining work over exactly (see :mod:`pipeline.data.elastic`).
 Unlike fixed blocks it keeps the shuffle buffer's size a free setting, independent of how the files are cut.
 
@@ -58,6 +60,11 @@ def offset(value: Any) -> Any:
 
 def position(value: Any) -> Position:
     return (value[0], offset(value[1]))
+
+
+def rng_state(value: Any) -> tuple:
+    """A ``random.Random`` state as ``getstate`` gives it (lists after a trip through a checkpoint)."""
+    return (value[0], tuple(value[1]), value[2])
 
 
 def segments(work: list) -> list[tuple]:
@@ -150,25 +157,31 @@ class BatchStream(IterableDataset):
         flush, skip, stop = state.get("flush", 0), state.get("done", 0), None
         pos = position(state.get("buf", (0, None)))
         self.faults.counts.update(state.get("faults", {}))
-        if state and state["done"] < state["of"]:
+        # one shuffle stream per node whose flushes draw in turn (the batches of a run without resume are those of
+        # the earlier, replaying design); a state carries its value at the start of the buffer it is in
+        own = random.Random(f"{self.seed}/{self.epoch}/{tag}")
+        if state and flush >= 0:
             stop = position(state["end"])  # re-read exactly that buffer, drop the batches already yielded
+            if flush >= len(fixed):
+                own.setstate(rng_state(state["rng"]))
         elif state:
-            flush, skip, pos = flush + 1, 0, position(state["end"])
+            flush, skip = 0, 0  # an elastic node that has not begun
         common = {"tag": tag, "plan_nodes": plan_nodes}
         if state.get("work") is not None:
             common |= {"work": work, "fixed": fixed}
         while True:
-            key = f"{self.seed}/{self.epoch}/{tag}/{flush}"
+            rng = own
             if flush < len(fixed):
-                pos, stop, key = position(fixed[flush][0]), position(fixed[flush][1]), fixed[flush][2]
+                pos, stop = position(fixed[flush][0]), position(fixed[flush][1])
+                rng = random.Random()
+                rng.setstate(rng_state(fixed[flush][2]))
                 skip = max(skip, fixed[flush][3])
-            before = self.faults.snapshot()
+            before, drawn = self.faults.snapshot(), rng.getstate()
             records, end = self._fill(self._records(shards, work, pos), stop)
             if end is None:
                 return
             examples = self.encode_many(records, self.faults)
             pairs = [(ex, r["_where"]) for ex, r in zip(examples, records, strict=True) if ex is not None]
-            rng = random.Random(key)
             batches = flush_batches(
                 pairs, lambda p: self.length(p[0]), rng, self.batch_size, self.max_tokens, self.shuffle
             )
@@ -184,6 +197,7 @@ class BatchStream(IterableDataset):
                     "done": j + 1,
                     "of": len(batches),
                     "faults": before,
+                    "rng": drawn,
                 }
                 yield batch
             flush, skip, pos, stop = flush + 1, 0, end, None
