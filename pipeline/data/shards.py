@@ -116,9 +116,15 @@ class CountingFile:
         CountingFile.total += len(line)
         return line
 
+    def read(self, size: int) -> bytes:
+        data = self.fh.read(size)
+        CountingFile.total += len(data)
+        return data
+
 
 def text_lines(shard: Shard, offset: Offset | None) -> Iterator[tuple[bytes, int, int, Offset]]:
-    """``(raw line, its byte, its 1-based line number or 0, offset after it)`` for the lines owned by a text range."""
+    """``(raw line without its newline, its byte, its 1-based line number or 0, offset after it)`` for the lines owned by
+    a text range (those that start in it)."""
     _, path, start, end = shard
     with CountingFile(path) as fh:
         if offset is not None:
@@ -130,14 +136,27 @@ def text_lines(shard: Shard, offset: Offset | None) -> Iterator[tuple[bytes, int
             line = 0
         else:
             pos, line = 0, 0
+        known = start == 0  # line numbers are counted from the top only in the first range
         while pos < end:
-            raw = fh.readline()
-            if not raw:
+            # the range in blocks (a line per readline costs more than the split); the last line that starts in the
+            # block may run past it: readline completes it
+            block = fh.read(min(end - pos, 1 << 20))
+            if not block:
                 break
-            after = pos + len(raw)
-            number = line + 1 if start == 0 else 0  # counted from the top only in the first range
-            yield raw, pos, number, (after, number)
-            pos, line = after, number
+            lines = block.split(b"\n")
+            tail = lines.pop()  # b"" when the block ends at a line end
+            if tail:
+                tail += fh.readline()
+                lines.append(tail[:-1] if tail.endswith(b"\n") else tail)
+                ends_open = not tail.endswith(b"\n")  # the file's last line, without a newline
+            else:
+                ends_open = False
+            last = len(lines) - 1
+            for i, raw in enumerate(lines):
+                after = pos + len(raw) + (0 if (i == last and ends_open) else 1)
+                line = line + 1 if known else 0
+                yield raw, pos, line, (after, line)
+                pos = after
 
 
 def dataset_shards(ds: datasets.IterableDataset, nodes: int) -> list[Shard]:

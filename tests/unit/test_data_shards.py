@@ -32,7 +32,7 @@ def test_a_4_node_split_reads_disjoint_byte_ranges_that_cover_the_file(tmp_path)
     shards = plan_files([str(path)], nodes=4)
     assert len(shards) == 4
     before = CountingFile.total
-    spans = [(byte, byte + len(raw)) for shard in shards for raw, byte, _, _ in text_lines(shard, None)]
+    spans = [(byte, after[0]) for shard in shards for _, byte, _, after in text_lines(shard, None)]
     read = CountingFile.total - before
     spans.sort()
     assert spans[0][0] == 0 and spans[-1][1] == size
@@ -112,3 +112,22 @@ def test_a_local_hub_layout_streams_through_load_dataset_sharded_by_file(tmp_pat
         loader.stream.epoch, loader.stream.rank, loader.stream.world = 0, rank, 2
         per_node.append(Counter(i for b in loader._batches(None) for i in b["ids"]))
     assert sum(len(c) for c in per_node) == 4000 and not set(per_node[0]) & set(per_node[1])
+
+
+def test_the_shard_reader_gives_the_records_and_faults_of_the_plain_reader():
+    """Every file of the fault corpus, read by ranges (1 and 3 nodes), against the whole-file reader."""
+    folder = Path(__file__).resolve().parents[1] / "data" / "faults"
+    for path in sorted(folder.glob("*.tsv")):
+        if path.stat().st_size == 0:
+            continue
+        source = Source(path=str(path))
+        columns = ["sentence", "label"] if "sentence" in (source.columns() or []) else source.columns()[:1]
+        plain = list(source.dataset(columns))
+        reader = source.reader(columns)
+        whole = [r for shard in reader.plan(1) for r, _ in reader.records(shard, None)]
+        assert whole == plain, path.name
+        split = [r for shard in reader.plan(3) for r, _ in reader.records(shard, None)]
+        key = [(r["_fault"], *(r[c] for c in columns)) for r in plain]
+        assert sorted(map(str, key)) == sorted(str((r["_fault"], *(r[c] for c in columns))) for r in split), (
+            path.name
+        )
