@@ -57,20 +57,28 @@ def bucket_batches(
     if batch_size is None and max_tokens is None:
         raise ValueError("set data.batch_size or data.max_tokens (or both)")
     buffer: list[T] = []
-
-    def flush() -> Iterator[list[T]]:
-        if shuffle:
-            rng.shuffle(buffer)
-        buffer.sort(key=length)  # stable: equal lengths keep their shuffled order
-        batches = cut_batches(buffer, length, batch_size, max_tokens)
-        if shuffle:
-            rng.shuffle(batches)
-        yield from batches
-
     for item in items:
         buffer.append(item)
         if len(buffer) >= buffer_size:
-            yield from flush()
+            yield from flush_batches(buffer, length, rng, batch_size, max_tokens, shuffle)
             buffer = []
     if buffer:
-        yield from flush()
+        yield from flush_batches(buffer, length, rng, batch_size, max_tokens, shuffle)
+
+
+def flush_batches(
+    buffer: list[T],
+    length: Callable[[T], int],
+    rng: random.Random,
+    batch_size: int | None,
+    max_tokens: int | None,
+    shuffle: bool,
+) -> list[list[T]]:
+    """The batches of one full buffer: shuffle, sort by length (stable, so ties stay shuffled), cut, shuffle."""
+    if shuffle:
+        rng.shuffle(buffer)
+    buffer.sort(key=length)
+    batches = cut_batches(buffer, length, batch_size, max_tokens)
+    if shuffle:
+        rng.shuffle(batches)
+    return batches

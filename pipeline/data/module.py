@@ -41,9 +41,9 @@ class StreamDataModule(pl.LightningDataModule):
         self.tokenizer = tokenizer
         self.batch_size, self.max_tokens, self.buffer_size = batch_size, max_tokens, buffer_size
         self.num_workers, self.seed = num_workers, seed
-        self.resume_at: tuple[int, int] | None = (
-            None  # set by the ResumeState callback before the loader is built
-        )
+        # set by the ResumeState callback before the loader is built: (epoch, batches consumed), every rank's state
+        self.resume_at: tuple[int, int] | None = None
+        self.resume_data: dict | None = None
         self._train_loader: StreamLoader | None = None
         self._val_loader: StreamLoader | None = None
 
@@ -65,6 +65,10 @@ class StreamDataModule(pl.LightningDataModule):
 
     def length(self, example: Any) -> int:
         raise NotImplementedError
+
+    def encode_many(self, records: list[dict], faults: FaultCounter) -> list:
+        """A buffer of records -> examples (None where skipped); override to encode in lists, not one by one."""
+        return [self.encode(record, faults) for record in records]
 
     def tokenizer_texts(self, record: dict) -> list[str]:
         """The texts of a training record that the tokenizer is trained on."""
@@ -118,8 +122,9 @@ class StreamDataModule(pl.LightningDataModule):
         if self.tokenizer is not None:
             self.prepare_tokenizer()
         return BatchStream(
-            dataset=source.dataset(list(self.columns().values())),
+            dataset=source.reader(list(self.columns().values())),
             encode=self.encode,
+            encode_many=self.encode_many,
             collate=self.collate,
             length=self.length,
             batch_size=self.batch_size,
@@ -140,6 +145,7 @@ class StreamDataModule(pl.LightningDataModule):
                 self._stream(self.train_source, True), self.num_workers, self._epoch, True
             )
         self._train_loader.resume_at, self.resume_at = self.resume_at, None
+        self._train_loader.resume_data, self.resume_data = self.resume_data, None
         return self._train_loader
 
     def val_dataloader(self) -> StreamLoader | list:

@@ -89,6 +89,52 @@ def _faulty(columns: tuple[str, ...], where: str, fault: str) -> dict:
     return {c: None for c in columns} | {"_where": where, "_fault": fault}
 
 
+class LineParser:
+    """One line of a local text file -> a record (or a fault record); the header row of tsv/csv sets the names."""
+
+    def __init__(self, fmt: str, columns: tuple[str, ...], names: tuple[str, ...] | list[str] | None) -> None:
+        self.fmt, self.columns, self.names = fmt, columns, names
+        self._index: list[int] | None = None  # positions of ``columns`` among the tsv fields
+
+    def __call__(self, raw: bytes, where: str, first: bool) -> dict | None:
+        """The record of ``raw`` at ``where``; None for the header row (which it takes the names from)."""
+        columns = self.columns
+        try:
+            # utf-8-sig on the first line drops a byte-order mark that would corrupt the header
+            text = raw.decode("utf-8-sig" if first else "utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            return _faulty(columns, where, "undecodable")
+        if self.names is None and self.fmt in ("tsv", "csv"):
+            self.names = _split_line(text, self.fmt)  # header row
+            return None
+        if not text.strip():
+            return _faulty(columns, where, "empty")
+        if self.fmt == "tsv" and self.names is not None:  # the common case, without a dict per line
+            fields = text.split("\t")
+            if self._index is None:
+                names = list(self.names)
+                self._index = [names.index(c) if c in names else -1 for c in columns]
+            if len(fields) != len(self.names) or -1 in self._index:
+                return _faulty(columns, where, "malformed")
+            record = {c: fields[i] for c, i in zip(columns, self._index, strict=True)}
+            record["_where"], record["_fault"] = where, ""
+            return record
+        fields = _split_line(text, self.fmt)
+        if isinstance(fields, dict):
+            row = fields
+        elif fields is None or (self.names is not None and len(fields) != len(self.names)):
+            return _faulty(columns, where, "malformed")
+        else:
+            row = dict(zip(self.names or ["text"], fields, strict=False))
+        if any(c not in row for c in columns):
+            return _faulty(columns, where, "malformed")
+        return {c: str(row[c]) for c in columns} | {"_where": where, "_fault": ""}
+
+
+def _relative(path: str, root: str) -> str:
+    return os.path.relpath(path, root) if path.startswith(root) else path
+
+
 def read_records(
     files: list[str], fmt: str, columns: tuple[str, ...], header: tuple[str, ...] | None, root: str
 ) -> Iterator[dict]:
@@ -97,39 +143,16 @@ def read_records(
     ``files`` is the shard list: ``datasets`` hands each DataLoader worker / rank a sub-list when there are enough.
     """
     for path in files:
-        rel = os.path.relpath(path, root) if path.startswith(root) else path
-        fmt_here = _format_of(path) if fmt == "auto" else fmt
-        names = header
+        rel = _relative(path, root)
+        parse = LineParser(_format_of(path) if fmt == "auto" else fmt, columns, header)
         lineno = 0
         try:
             with _open(path) as fh:
                 for raw in fh:
                     lineno += 1
-                    where = f"{rel}:{lineno}"
-                    try:
-                        # utf-8-sig on the first line drops a byte-order mark that would corrupt the header
-                        text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\r\n")
-                    except UnicodeDecodeError:
-                        yield _faulty(columns, where, "undecodable")
-                        continue
-                    if names is None and fmt_here in ("tsv", "csv"):
-                        names = _split_line(text, fmt_here)  # header row
-                        continue
-                    if not text.strip():
-                        yield _faulty(columns, where, "empty")
-                        continue
-                    fields = _split_line(text, fmt_here)
-                    if isinstance(fields, dict):
-                        row = fields
-                    elif fields is None or (names is not None and len(fields) != len(names)):
-                        yield _faulty(columns, where, "malformed")
-                        continue
-                    else:
-                        row = dict(zip(names or ["text"], fields, strict=False))
-                    if any(c not in row for c in columns):
-                        yield _faulty(columns, where, "malformed")
-                        continue
-                    yield {c: str(row[c]) for c in columns} | {"_where": where, "_fault": ""}
+                    record = parse(raw, f"{rel}:{lineno}", lineno == 1)
+                    if record is not None:
+                        yield record
         except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
             raise DataError(
                 f"{rel} is truncated or corrupt after line {lineno} ({exc}); re-download or re-compress the file."
@@ -219,6 +242,17 @@ class Source:
                     f"{key}: '{column}' is not a column of {self} (its columns: {', '.join(have)}); "
                     f"set {key} to one of those."
                 )
+
+    def reader(self, columns: list[str]):  # -> pipeline.data.reader.ShardReader (which imports this module)
+        """What the training stream reads: local text and parquet files by seekable shards of our own; hub ids and
+        sources with a dataset of their own (subclasses) through ``datasets``, sharded by its files."""
+        from pipeline.data.reader import ShardReader
+
+        local = self.hub is None and type(self).dataset is Source.dataset
+        files = self.files() if local else []
+        if local and (self.format != "parquet" or all(f.endswith(".parquet") for f in files)):
+            return ShardReader(files, None, columns, self.format, self.header)
+        return ShardReader(None, self.dataset(columns), columns, label=repr(self))
 
     def dataset(self, columns: list[str]) -> datasets.IterableDataset:
         """A streaming dataset of records ``{column: str, "_where": str, "_fault": str}``."""

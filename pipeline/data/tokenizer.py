@@ -158,6 +158,10 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text)
 
+    def encode_many(self, texts: list[str]) -> list[list[int]]:
+        """One sentencepiece call for a list (about twice the rate of one call per text)."""
+        return self.sp.encode(texts) if texts else []
+
     def decode(self, ids: Iterable[int]) -> str:
         return self.sp.decode([i for i in ids if i > EOS])
 

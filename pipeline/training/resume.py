@@ -3,9 +3,13 @@
 What makes a resumed run bit-identical to an uninterrupted one:
 
 - model, optimizer, scheduler and loop counters: Lightning's checkpoint;
-- the data position: ``(epoch, batches consumed in the epoch)``. The batches of an epoch are a pure function of the
-  config (see :mod:`pipeline.data.stream`) and every rank consumes in lockstep, so this pair restores the position of
-  every rank and every DataLoader worker, although only rank 0 writes the checkpoint;
+- the data position: ``(epoch, batches consumed in the epoch)``, the same on every rank (they consume in lockstep),
+  plus ``data``: every rank's loader state after that batch (per DataLoader worker: where its shuffle buffer began and
+  ended, and how many of its batches were consumed; see :mod:`pipeline.data.stream`). Only rank 0 writes the
+  checkpoint, so the states are gathered from all ranks when it is written. A resumed loader seeks there and re-reads
+  one buffer instead of producing the epoch's consumed batches again, also on another number of ranks or workers
+  (:mod:`pipeline.data.elastic`). A run that stops itself mid-epoch (``max_steps``, ``max_time``) keeps its position:
+  Lightning runs the epoch-end hooks then, but the epoch is not over;
 - randomness: before every training batch the torch RNG is reseeded from ``(seed, epoch, batch, rank)``, so dropout
   masks do not depend on how many batches ran in this process. The RNG states (torch, numpy, python) are stored too,
   for inspection;
@@ -19,6 +23,7 @@ import random
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 
 
 def reseed(seed: int) -> None:
@@ -40,7 +45,9 @@ class ResumeState(pl.Callback):
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
         self.position: tuple[int, int] = (0, 0)  # (epoch, batches consumed in it)
+        self.data_state: dict | None = None  # this rank's data loader state at that point (see data.stream)
         self.wandb_id: str | None = None
+        self._group = None
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: dict, batch_idx: int
@@ -50,14 +57,32 @@ class ResumeState(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: dict, batch_idx: int) -> None:
         self.position = tuple(batch.get("position", (trainer.current_epoch, batch_idx + 1)))
+        self.data_state = batch.get("data_state")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.position = (trainer.current_epoch + 1, 0)
+        # Lightning runs the epoch-end hooks also when max_steps / max_time / should_stop ends training mid-epoch;
+        # only an epoch whose data ran out is over, otherwise the position stays where training stopped
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or self.position[1] == 0:
+            self.position = (trainer.current_epoch + 1, 0)
+            self.data_state = None
+
+    def _gathered_data(self) -> dict | None:
+        """Every rank's data state (only rank 0 writes the checkpoint, but every rank calls ``state_dict``)."""
+        states = [self.data_state]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            if self._group is None:
+                self._group = dist.new_group(backend="gloo")
+            states = [None] * dist.get_world_size()
+            dist.all_gather_object(states, self.data_state, group=self._group)
+        if any(s is None for s in states):
+            return None
+        return {"layout": [len(states), len(states[0]["workers"])], "ranks": states}
 
     def state_dict(self) -> dict:
         return {
             "epoch": int(self.position[0]),
             "consumed": int(self.position[1]),
+            "data": self._gathered_data(),
             "seed": self.seed,
             "wandb_id": self.wandb_id,
             "rng_torch": torch.get_rng_state(),
@@ -74,10 +99,14 @@ class ResumeState(pl.Callback):
         self.position = (state["epoch"], state["consumed"])
         if self.position[1] == 0:
             self._finish_saved_epoch(checkpoint)
+        elif self._reopen_stopped_epoch(checkpoint):
+            pass
         elif self._finish_last_batch(checkpoint):
             self.position = (self.position[0] + 1, 0)
         if trainer.datamodule is not None:
             trainer.datamodule.resume_at = self.position
+            if self.position[1] and hasattr(trainer.datamodule, "resume_data"):
+                trainer.datamodule.resume_data = state.get("data")
         torch.set_rng_state(state["rng_torch"])
 
     @staticmethod
@@ -97,6 +126,25 @@ class ResumeState(pl.Callback):
             batches = loops["epoch_loop.batch_progress"]
             batches["current"] = dict.fromkeys(batches["current"], 0)
             batches["is_last_batch"] = False
+
+    @staticmethod
+    def _reopen_stopped_epoch(checkpoint: dict) -> bool:
+        """A checkpoint written after training stopped mid-epoch (``max_steps``, ``max_time``): Lightning has run the
+        epoch-end hooks and counts the epoch as completed, so it would resume in the next epoch and skip the rest of
+        this one. Restore it as the checkpoint of that epoch's last trained batch instead (the state a checkpoint
+        written in ``on_train_batch_end`` has), so the continued run trains the rest of the epoch."""
+        loops = checkpoint.get("loops", {}).get("fit_loop")
+        if not loops or loops["epoch_loop.batch_progress"].get("is_last_batch"):
+            return False
+        progress = loops["epoch_progress"]
+        if progress["total"]["completed"] != progress["total"]["started"]:
+            return False  # the epoch is open: an ordinary mid-epoch checkpoint
+        for part in ("total", "current"):
+            progress[part]["processed"] = progress[part]["completed"] = progress[part]["started"] - 1
+        batches = loops["epoch_loop.batch_progress"]
+        for part in ("total", "current"):
+            batches[part]["completed"] = batches[part]["processed"] - 1
+        return True
 
     @staticmethod
     def _finish_last_batch(checkpoint: dict) -> bool:
