@@ -26,7 +26,8 @@ fit: setup
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)
 
-# Installs and starts a real one-node SLURM cluster and builds the Docker image with buildah (needs root).
+# Installs and starts real one-node and two-node SLURM clusters (network namespaces) and builds the Docker image
+# with buildah (needs root).
 # The repeated-preemption soak test: make test-cluster ARGS='-m "cluster and slow"'.
 test-cluster: setup
 	$(BIN)/python -m pytest -q -m "cluster and not slow" $(ARGS)

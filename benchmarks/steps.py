@@ -205,6 +205,11 @@ def compare(
 ) -> dict:
     """Pipeline and plain loop back to back on the same config, ``rounds`` times in alternating order (AB, BA, ...)
     so that a machine whose speed drifts favours neither; each side's speed is the median over its runs."""
+    # --threads auto times the first steps at several counts and keeps the fastest: do that once, untimed, and
+    # run both sides at the count it chose, so that they compare at one thread count
+    probe = build(cfg, runs / "probe", *overrides, steps=30)
+    probe.trainer.fit(probe.model, probe.datamodule)
+    overrides = (*overrides, "--threads", str(torch.get_num_threads()))
     runs_of: dict[str, list[dict]] = {"pipeline": [], "plain": []}
     start = None
     cli = None

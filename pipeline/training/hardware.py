@@ -187,7 +187,7 @@ class ThreadProbe(pl.Callback):
         steps: Timed steps per candidate (after ``skip`` untimed warm-up steps).
     """
 
-    def __init__(self, candidates: list[int], steps: int = 8, skip: int = 3) -> None:
+    def __init__(self, candidates: list[int], steps: int = 8, skip: int = 5) -> None:
         self.candidates, self.steps, self.skip = candidates, steps, skip
         self.times: dict[int, list[float]] = {c: [] for c in candidates}
         self.chosen: int | None = None
@@ -195,8 +195,12 @@ class ThreadProbe(pl.Callback):
         self._start = 0.0
 
     def _current(self) -> int | None:
-        k = (self._seen - self.skip) // self.steps
-        return self.candidates[k] if 0 <= k < len(self.candidates) else None
+        # candidates take turns (2, 1, 2, 1, ...) so that first-time costs of new batch shapes (oneDNN builds a
+        # kernel per shape) fall on all of them alike, not on whichever goes first
+        k = self._seen - self.skip
+        return (
+            self.candidates[k % len(self.candidates)] if 0 <= k < self.steps * len(self.candidates) else None
+        )
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.chosen is None and (n := self._current()) is not None:
