@@ -22,7 +22,6 @@ fastest. ``--threads N`` or ``OMP_NUM_THREADS`` win.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass
 
@@ -219,18 +218,11 @@ class ThreadProbe(pl.Callback):
             self.chosen = min(median, key=median.get)
             torch.set_num_threads(self.chosen)
             timings = ", ".join(f"{c} -> {1000 * m:.1f} ms" for c, m in median.items())
-            say_line(
-                f"threads measured over {self.steps} steps each ({timings} per step): using {self.chosen}"
-            )
+            from pipeline.cli import say  # at call time: pipeline.cli imports this module
+
+            say(f"threads measured over {self.steps} steps each ({timings} per step): using {self.chosen}")
 
 
 def probe_candidates(threads: int) -> list[int]:
     """The rule's count, half of it and 1 (distinct, in that order)."""
     return list(dict.fromkeys([threads, max(1, threads // 2), 1]))
-
-
-def say_line(message: str) -> None:
-    from pytorch_lightning.utilities import rank_zero_only
-
-    if rank_zero_only.rank == 0:
-        print(f"[pipeline] {message}", file=sys.stderr, flush=True)
