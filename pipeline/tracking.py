@@ -36,9 +36,18 @@ def wandb_run_id(run_dir: Path) -> str:
     path = Path(run_dir) / "wandb_id"
     if path.exists():
         return path.read_text().strip()
-    run_id = uuid.uuid4().hex[:8]
+    # Every rank of a SLURM job builds its config at once, before any rank knows who is 0. The first to publish its
+    # id wins: a complete file is linked into place (link never replaces), and the losers read the winner's id.
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(run_id)
+    run_id = uuid.uuid4().hex[:8]
+    draft = path.with_name(f".wandb_id.{os.getpid()}.{run_id}")
+    draft.write_text(run_id)
+    try:
+        os.link(draft, path)
+    except FileExistsError:
+        run_id = path.read_text().strip()
+    finally:
+        draft.unlink()
     return run_id
 
 
