@@ -167,12 +167,21 @@ def run_plain(cli: PipelineCLI, steps: int, warmup: int, precision: str, n_losse
         return True
 
     rows, state = [], None
-    loader: Iterator[dict] = iter(cli.datamodule.train_dataloader())
+    epoch = [0]
+    train_loader = cli.datamodule.train_dataloader()
+    train_loader.epoch_fn = lambda: epoch[0]  # as the Trainer's current_epoch: each epoch its own order
+    loader: Iterator[dict] = iter(train_loader)
     end = time.perf_counter()
     for batch_idx in range(10**9):
-        batch = next(loader, None) if taken[0] < steps else None
-        if batch is None:
+        if taken[0] >= steps:
             break
+        batch = next(loader, None)
+        if batch is None:  # a new epoch, as Lightning starts one, so that both sides pay its start alike
+            epoch[0] += 1
+            loader, state = iter(train_loader), None
+            batch = next(loader, None)
+            if batch is None:
+                break
         batch = to_device(batch, device)
         reseed(SEED_BASE + batch_idx)
         start = time.perf_counter()

@@ -21,6 +21,7 @@ Skipped kinds (the key is what appears in the logs as ``data/skipped_<kind>``):
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 
 log = logging.getLogger("pipeline.data")
@@ -41,16 +42,29 @@ class FaultCounter:
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self._lock = (
+            threading.Lock()
+        )  # a worker's read-ahead thread counts while its batches report snapshots
 
     def skip(self, kind: str, where: str, detail: str = "") -> None:
-        self.counts[kind] += 1
-        if self.counts[kind] <= LOG_FIRST:
+        with self._lock:
+            self.counts[kind] += 1
+            n = self.counts[kind]
+        if n <= LOG_FIRST:
             log.warning("input %s at %s%s (counted)", kind, where, f" ({detail})" if detail else "")
-        elif self.counts[kind] == LOG_FIRST + 1:
+        elif n == LOG_FIRST + 1:
             log.warning("more %s inputs; only counting them from now on", kind)
 
     def snapshot(self) -> dict[str, int]:
-        return dict(self.counts)
+        with self._lock:
+            return dict(self.counts)
+
+    def __getstate__(self) -> dict:
+        return {"counts": self.snapshot()}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+        self.counts.update(state["counts"])
 
 
 def merge_counts(per_worker: dict[int, dict[str, int]]) -> dict[str, int]:
