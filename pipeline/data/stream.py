@@ -145,8 +145,15 @@ class BatchStream(IterableDataset):
     def _load(
         self, shards: list, work: list, pos: Position, stop: Position | None
     ) -> tuple[list[dict], list, Position | None]:
-        """One buffer from ``pos``: its good records, their encoded examples and the position after it."""
-        records, end = self._fill(self._records(shards, work, pos), stop)
+        """One buffer from ``pos``: its good records, their encoded examples and the position after it.
+
+        The record iterator of the previous buffer carries on when this one starts where it ended: a fresh one over a
+        source that cannot seek (a datasets stream, gzip) would read the shard from its start again, every buffer.
+        """
+        if self._cursor is None or self._cursor[0] != pos:
+            self._cursor = (pos, self._records(shards, work, pos))
+        records, end = self._fill(self._cursor[1], stop)
+        self._cursor = (end, self._cursor[1]) if end is not None else None
         if end is None:
             return [], [], None
         return records, self.encode_many(records, self.faults), end
@@ -181,6 +188,7 @@ class BatchStream(IterableDataset):
         if state.get("work") is not None:
             common |= {"work": work, "fixed": fixed}
         ahead: ReadAhead | None = None
+        self._cursor: tuple[Position, Iterator] | None = None  # (where it is, the record iterator)
         while True:
             rng = own
             if flush < len(fixed):

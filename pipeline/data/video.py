@@ -28,10 +28,10 @@ import av
 import datasets
 import numpy as np
 import torch
-from av.video.reformatter import VideoReformatter
 
 from pipeline.data.clips import ClipData, Sampling, ShortClips, parse_frame_labels, sort_labels
 from pipeline.data.faults import DataError, FaultCounter
+from pipeline.data.frame_scaler import FrameScaler
 from pipeline.data.source import Source, data_root, read_records
 
 VIDEO_EXTENSIONS = (
@@ -174,8 +174,6 @@ def read_clip(
     container's header, or from counting packets when the header has none; a file that decodes fewer frames than it
     declares is read again with the true count.
     """
-    fmt = "gray" if channels == 1 else "rgb24"
-    height, width = size if size else (None, None)
     with av.open(path) as container:
         if not container.streams.video:
             raise BadVideo("it has no video stream")
@@ -191,16 +189,11 @@ def read_clip(
         if indices is None:
             return None, n, None, 0
         wanted, last, got, decoded = set(indices), max(indices), {}, 0
-        # one scaler for the clip: frame.to_ndarray(width=...) builds a new one per frame, which cost 3x the whole
-        # clip's decoding (10.5 against 3.4 ms per 20-frame clip, the same pixels)
-        scaler = VideoReformatter()
+        scale = FrameScaler(size, channels)
         for i, frame in enumerate(container.decode(stream)):
             decoded += 1
             if i in wanted:
-                array = scaler.reformat(
-                    frame, width=width, height=height, format=fmt, interpolation="AREA"
-                ).to_ndarray()
-                got[i] = array[None] if channels == 1 else array.transpose(2, 0, 1)  # (C, H, W)
+                got[i] = scale(frame)  # (C, H, W) uint8
             if i >= last:
                 break
     if decoded <= last:

@@ -117,3 +117,23 @@ def test_shards_are_planned_the_same_in_every_process(tmp_path: Path):
     reader = Source(path=DEV).reader(["sentence", "label"])
     assert reader.plan(4) == Source(path=DEV).reader(["sentence", "label"]).plan(4)
     assert len(reader.plan(4)) == 4 and len(reader.plan(1)) == 1
+
+
+def test_an_epoch_reads_each_parquet_row_group_once(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [line.split("\t") for line in (data_root() / "sst2/train.tsv").read_text().splitlines()[1:3001]]
+    corpus = tmp_path / "corpus.parquet"
+    table = pa.table({"sentence": [r[0] for r in rows], "label": [int(r[1]) for r in rows]})
+    pq.write_table(table, corpus, row_group_size=3000)
+    reads = []
+    real = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(
+        pq.ParquetFile, "read_row_group", lambda self, i, *a, **k: reads.append(i) or real(self, i, *a, **k)
+    )
+    batches = list(data(str(corpus)).train_dataloader())  # 24 buffers of 128 rows, one row group
+    assert sum(len(b["ids"]) for b in batches) == 3000
+    assert reads == [
+        0
+    ]  # a buffer that began its own pass would read and convert the whole group again: 24 times
