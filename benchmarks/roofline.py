@@ -53,6 +53,8 @@ TASKS = {
     ),
 }
 N_CLIPS = 2400
+# optimizer steps per run: a run of fast steps is short, and a short run is at the mercy of the machine's drift
+STEPS = {"sentiment": 400, "translation": 60, "lm": 60, "video": 60}
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
@@ -157,11 +159,13 @@ def ensure_clips() -> None:
         )  # fmt: skip
 
 
-def measure(task: str, n_steps: int, warmup: int, runs: Path, extra: list[str]) -> dict:
+def measure(task: str, n_steps: int, warmup: int, runs: Path, extra: list[str], rounds: int) -> dict:
     config, overrides = TASKS[task]
     if task == "video":
         ensure_clips()
-    result = steps.compare(config, runs / task, *overrides, *extra, steps=n_steps, warmup=warmup)
+    result = steps.compare(
+        config, runs / task, *overrides, *extra, steps=n_steps, warmup=warmup, rounds=rounds
+    )
     cli = result.pop("cli")
     batch = next(iter(cli.datamodule.train_dataloader()))
     flops, shapes = count_flops(cli.model.cpu(), batch, result["precision"])
@@ -201,13 +205,13 @@ def machine() -> dict:
 
 def table(rows: dict) -> list[str]:
     lines = [
-        "| task | precision | threads | FLOPs/unit (fwd+bwd) | pipeline units/s | achieved GFLOP/s | mm peak GFLOP/s "
+        "| task | steps/run | precision | threads | FLOPs/unit (fwd+bwd) | pipeline units/s | achieved GFLOP/s | mm peak GFLOP/s "
         "(shape) | of peak | data wait | plain loop units/s | pipeline / plain | max loss diff (first n) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for task, r in rows.items():
         lines.append(
-            f"| {task} ({r['unit']}) | {r['precision']} | {r['threads']} | {r['flops_per_unit'] / 1e6:.2f} M | "
+            f"| {task} ({r['unit']}) | {r['steps']} | {r['precision']} | {r['threads']} | {r['flops_per_unit'] / 1e6:.2f} M | "
             f"{r['pipeline']['units_per_s']:,.0f} | {r['achieved_gflops']:.1f} | {r['mm']['peak_gflops']} "
             f"({r['mm']['peak_shape']}) | {r['fraction_of_peak']:.1%} | {r['pipeline']['data_wait_share']:.1%} | "
             f"{r['plain']['units_per_s']:,.0f} | {r['ratio']:.3f} | {r['max_loss_diff']:.2e} ({r['losses_compared']}) |"
@@ -218,7 +222,12 @@ def table(rows: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--steps", type=int, default=60, help="Optimizer steps per run (default 60).")
+    parser.add_argument(
+        "--steps", type=int, default=None, help=f"Optimizer steps per run (default per task: {STEPS})."
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="Runs of each side, in turns AB BA AB BA (default 4)."
+    )
     parser.add_argument("--warmup", type=int, default=10, help="Untimed first steps (default 10).")
     parser.add_argument("--name", default="roofline", help="Result file name under benchmarks/results/.")
     parser.add_argument(
@@ -230,15 +239,18 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
             print(f"[roofline] {task} ...", file=sys.stderr, flush=True)
-            rows[task] = measure(task, args.steps, args.warmup, Path(tmp), args.overrides)
-    report = {"machine": machine(), "steps": args.steps, "warmup": args.warmup, "tasks": rows}
+            n_steps = args.steps or STEPS[task]
+            rows[task] = measure(task, n_steps, args.warmup, Path(tmp), args.overrides, args.rounds) | {
+                "steps": n_steps
+            }
+    report = {"machine": machine(), "rounds": args.rounds, "warmup": args.warmup, "tasks": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     m = report["machine"]
     head = [
         f"CPU: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, capability {m['cpu_capability']}, "
         f"AMX {m['amx']}, AVX512-BF16 {m['avx512_bf16']}; load average after the run {m['load_average_1_5_15min']}; "
-        f"{args.steps} steps, first {args.warmup} untimed.",
+        f"{args.rounds} runs of each side in turns (median); first {args.warmup} steps of each run untimed.",
         "",
     ]
     text = "\n".join(head + table(rows)) + "\n"
