@@ -128,9 +128,7 @@ def plain_loss(task: pl.LightningModule, batch: dict) -> torch.Tensor:
             * batch["weight"]
         )
     if name == "TranslationTask":
-        logits, _ = task.network(batch["src"], batch["src_lengths"], batch["tgt_in"], task.teacher_forcing)
-        nll = task._nll(logits, batch["tgt_out"], task.label_smoothing)
-        return nll / max(batch["n_target"], 1) * batch["weight"]
+        return task.train_loss(batch)  # the model's own loss (output layer fused with it)
     raise NotImplementedError(f"no plain loop for {name}")
 
 

@@ -21,9 +21,11 @@ search code can pick rows (beams) out of any of them with one ``index_select``.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pipeline.models.attention import Attention, Kind, source_mask
+from pipeline.models.linear_cross_entropy import linear_cross_entropy
 from pipeline.models.recurrent import Cell, make_rnn, run_packed
 
 
@@ -168,13 +170,12 @@ class Seq2Seq(nn.Module):
         With ``teacher_forcing`` < 1 each step feeds, with probability 1 - ratio per sentence, the model's own
         previous prediction instead of the reference token (scheduled sampling, Bengio et al., 2015).
         """
+        if teacher_forcing >= 1.0:
+            vec, weights = self.vectors(src, src_lengths, tgt_in)
+            return self.generator(vec), weights
         memory, state = self.start(src, src_lengths)
         emb = self.drop(self.tgt_embed(tgt_in))  # (B, T, E)
-        if not self.input_feeding and teacher_forcing >= 1.0:  # every step at once
-            h, _ = self._run_decoder(emb, state["hidden"])  # (B, T, H)
-            vec, weights = self._attend(h, memory)
-            return self.generator(self.drop(vec)), weights
-        vecs, all_weights, logits = [], [], []
+        all_weights, logits = [], []
         for t in range(tgt_in.size(1)):
             x = emb[:, t]
             if teacher_forcing < 1.0 and t > 0:
@@ -182,9 +183,53 @@ class Seq2Seq(nn.Module):
                 use_own = torch.rand(x.size(0), 1, device=x.device) >= teacher_forcing
                 x = torch.where(use_own, self.drop(own), x)
             vec, state, weights = self._step_vectors(x, memory, state)
+            all_weights.append(weights)
+            logits.append(self.generator(vec))
+        return torch.stack(logits, 1), torch.stack(all_weights, 1)  # (B, T, V), (B, T, S)
+
+    def vectors(
+        self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced pass up to the output layer: attentional vectors h~ (B, T, O) after dropout, weights
+        (B, T, S)."""
+        memory, state = self.start(src, src_lengths)
+        emb = self.drop(self.tgt_embed(tgt_in))  # (B, T, E)
+        if not self.input_feeding:  # every step at once
+            h, _ = self._run_decoder(emb, state["hidden"])  # (B, T, H)
+            vec, weights = self._attend(h, memory)
+            return self.drop(vec), weights
+        vecs, all_weights = [], []
+        for t in range(tgt_in.size(1)):
+            vec, state, weights = self._step_vectors(emb[:, t], memory, state)
             vecs.append(vec)
             all_weights.append(weights)
-            if teacher_forcing < 1.0:
-                logits.append(self.generator(vec))
-        out = torch.stack(logits, 1) if logits else self.generator(torch.stack(vecs, 1))  # (B, T, V)
-        return out, torch.stack(all_weights, 1)
+        return torch.stack(vecs, 1), torch.stack(all_weights, 1)
+
+    def summed_nll(
+        self,
+        src: torch.Tensor,
+        src_lengths: torch.Tensor,
+        tgt_in: torch.Tensor,
+        tgt_out: torch.Tensor,
+        label_smoothing: float = 0.0,
+        teacher_forcing: float = 1.0,
+    ) -> torch.Tensor:
+        """Cross-entropy summed over the real (non-pad) target tokens of tgt_out (B, T).
+
+        Teacher-forced, the output layer runs only on real positions and together with the loss, chunk by chunk
+        (:mod:`pipeline.models.linear_cross_entropy`); the (B, T, V) logits are never made.
+        """
+        if teacher_forcing < 1.0:
+            logits, _ = self(src, src_lengths, tgt_in, teacher_forcing)
+            return F.cross_entropy(
+                logits.flatten(0, 1).float(),
+                tgt_out.flatten(),
+                ignore_index=self.pad_id,
+                label_smoothing=label_smoothing,
+                reduction="sum",
+            )
+        vec, _ = self.vectors(src, src_lengths, tgt_in)  # (B, T, O)
+        real = tgt_out != self.pad_id  # (B, T)
+        return linear_cross_entropy(
+            vec[real], self.generator.weight, self.generator.bias, tgt_out[real], self.pad_id, label_smoothing
+        )

@@ -101,10 +101,17 @@ class TranslationTask(SequenceTask):
             reduction="sum",
         )
 
+    def train_loss(self, batch: dict) -> torch.Tensor:
+        """The training loss of a batch: label-smoothed cross-entropy per real target token."""
+        nll = self.network.summed_nll(
+            batch["src"], batch["src_lengths"], batch["tgt_in"], batch["tgt_out"], self.label_smoothing,
+            self.teacher_forcing,
+        )  # fmt: skip
+        return nll / max(batch["n_target"], 1) * batch["weight"]
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits, _ = self.network(batch["src"], batch["src_lengths"], batch["tgt_in"], self.teacher_forcing)
         n_target = max(batch["n_target"], 1)
-        loss = self._nll(logits, batch["tgt_out"], self.label_smoothing) / n_target * batch["weight"]
+        loss = self.train_loss(batch)
         self.optimizer_step_on(loss)
         if batch["weight"]:
             self.tokens_seen += batch["n_tokens"]

@@ -1,0 +1,104 @@
+"""Output layer and cross-entropy in one pass over row chunks, without the (N, V) logits in memory.
+
+``F.cross_entropy(generator(h), y)`` writes the logits of every target position (N x V: 2,500 x 8,000 floats for one
+translation batch, 80 MB in fp32), reads them back for the log-softmax, writes its gradient, reads that again for the
+two matmuls of the backward. On a CPU those passes over memory cost more than the matmuls themselves (a profile of
+the translation config: log-softmax forward and backward, the bf16 -> fp32 copy of the logits and the zero-filled
+gradient took 35% of the step). Here each chunk of rows goes through the whole thing while it is in cache::
+
+    for rows r of h (N, O), in chunks of ~1M logits:
+        z = h_r W^T + b                      (c, V)  compute dtype (bf16 under autocast), then fp32
+        loss += sum over real rows of (1 - eps) (lse(z) - z_y) + eps (lse(z) - mean(z))
+        g = softmax(z) - (1 - eps) onehot(y) - eps / V, zero on ignored rows      d loss / d z
+        dh_r = g W,  dW += g^T h_r,  db += sum_r g                                 the backward, done now
+
+The gradients are made in the forward (a training step always asks for them; Liger-Kernel's fused linear
+cross-entropy does the same on GPUs) and scaled by the incoming gradient in the backward. Without grad (evaluation)
+only the loss is computed. The result equals ``F.cross_entropy(h @ W.T + b, y, ignore_index, label_smoothing,
+reduction="sum")`` to float rounding; W's gradient is summed over chunks in fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    chunk_logits: int = 1 << 20,
+) -> torch.Tensor:
+    """Summed cross-entropy of ``hidden (N, O) @ weight (V, O)^T + bias (V,)`` against ``target (N,)``.
+
+    Under autocast the matmuls run in the autocast dtype, as ``nn.Linear`` would; everything else in fp32.
+    """
+    device = hidden.device.type
+    compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    chunk = max(16, chunk_logits // max(1, weight.size(0)))
+    return _LinearCrossEntropy.apply(
+        hidden, weight, bias, target, ignore_index, float(label_smoothing), chunk, compute
+    )
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, target, ignore_index, smoothing, chunk, compute):  # noqa: PLR0913
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = bias is not None and ctx.needs_input_grad[2]
+        grads = need_h or need_w or need_b
+        with torch.autocast(hidden.device.type, enabled=False):
+            h, w = hidden.to(compute), weight.to(compute)
+            b = bias.to(compute) if bias is not None else None
+            n, vocab = h.size(0), w.size(0)
+            dh = torch.empty_like(h) if need_h else None  # (N, O)
+            dw = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if need_w else None  # (V, O)
+            db = torch.zeros(vocab, dtype=torch.float32, device=w.device) if need_b else None  # (V,)
+            total = torch.zeros((), dtype=torch.float32, device=h.device)
+            for start in range(0, n, chunk):
+                rows = slice(start, min(n, start + chunk))
+                hr, y = h[rows], target[rows]  # (c, O), (c,)
+                z = (torch.addmm(b, hr, w.t()) if b is not None else hr @ w.t()).float()  # (c, V)
+                real = y != ignore_index  # (c,)
+                y = torch.where(real, y, 0)
+                lse = torch.logsumexp(z, dim=-1)  # (c,)
+                per_row = (lse - z.gather(1, y[:, None])[:, 0]) * (1.0 - smoothing)
+                if smoothing:
+                    per_row = per_row + (lse - z.mean(dim=-1)) * smoothing
+                total += per_row[real].sum()
+                if not grads:
+                    continue
+                g = (z - lse[:, None]).exp_()  # softmax (c, V), in place of z
+                if smoothing:
+                    g -= smoothing / vocab
+                g.scatter_add_(1, y[:, None], torch.full((len(y), 1), smoothing - 1.0, device=g.device))
+                g *= real[:, None]
+                if need_b:
+                    db += g.sum(0)
+                gc = g.to(compute)
+                if need_h:
+                    dh[rows] = gc @ w
+                if need_w:
+                    dw += (gc.t() @ hr).float()
+        ctx.save_for_backward(dh, dw, db)
+        ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        dh, dw, db = ctx.saved_tensors
+        h_dtype, w_dtype, b_dtype = ctx.dtypes
+        scale = grad_out.float()
+        return (
+            (dh.float() * scale).to(h_dtype) if dh is not None else None,
+            (dw * scale).to(w_dtype) if dw is not None else None,
+            (db * scale).to(b_dtype) if db is not None else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
