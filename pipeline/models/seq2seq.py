@@ -26,6 +26,7 @@ from torch import nn
 
 from pipeline.models.attention import Attention, Kind, source_mask
 from pipeline.models.linear_cross_entropy import linear_cross_entropy
+from pipeline.models.loop_weights import LoopLinear, LoopRNN
 from pipeline.models.recurrent import Cell, make_rnn, run_packed
 
 
@@ -136,18 +137,33 @@ class Seq2Seq(nn.Module):
         state = tuple(s.transpose(0, 1) for s in state) if isinstance(state, tuple) else state.transpose(0, 1)
         return out, state
 
-    def _attend(self, h: torch.Tensor, memory: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def _attend(
+        self, h: torch.Tensor, memory: dict, combine: LoopLinear | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoder outputs h (B, T, H) -> attentional vectors h~ (B, T, O) and attention weights (B, T, S)."""
         context, weights = self.attention(h, memory["keys"], memory["memory"], memory["mask"])
-        return torch.tanh(self.combine(torch.cat([context.to(h.dtype), h], dim=-1))), weights
+        both = torch.cat([context.to(h.dtype), h], dim=-1)  # (B, T, 2H)
+        mixed = (
+            self.combine(both) if combine is None else combine(both.flatten(0, 1)).view(*both.shape[:2], -1)
+        )
+        return torch.tanh(mixed), weights
 
     def _step_vectors(
-        self, emb: torch.Tensor, memory: dict, state: dict
+        self, emb: torch.Tensor, memory: dict, state: dict, loop: tuple | None = None
     ) -> tuple[torch.Tensor, dict, torch.Tensor]:
-        """One step from embedded inputs (B, E): h~ (B, O) after dropout, the new state, weights (B, S)."""
+        """One step from embedded inputs (B, E): h~ (B, O) after dropout, the new state, weights (B, S).
+
+        ``loop``: (LoopRNN, LoopLinear) of the decoder and the combine layer, for a teacher-forced pass under
+        autocast (see :mod:`pipeline.models.loop_weights`)."""
         x = emb if state["feed"] is None else torch.cat([emb, state["feed"].to(emb.dtype)], dim=-1)
-        h, hidden = self._run_decoder(x.unsqueeze(1), state["hidden"])  # (B, 1, H)
-        vec, weights = self._attend(h, memory)
+        if loop is None:
+            h, hidden = self._run_decoder(x.unsqueeze(1), state["hidden"])  # (B, 1, H)
+            vec, weights = self._attend(h, memory)
+        else:
+            rnn, combine = loop
+            out, hidden = rnn.step(x, _swap_batch_and_layers(state["hidden"]))  # (B, H), (L, B, H)
+            hidden = _swap_batch_and_layers(hidden)
+            vec, weights = self._attend(out.unsqueeze(1), memory, combine)  # (B, 1, O)
         vec = self.drop(vec[:, 0])  # (B, O)
         return vec, {"hidden": hidden, "feed": vec if self.input_feeding else None}, weights[:, 0]
 
@@ -199,8 +215,13 @@ class Seq2Seq(nn.Module):
             vec, weights = self._attend(h, memory)
             return self.drop(vec), weights
         vecs, all_weights = [], []
+        loop = None
+        device = src.device.type
+        if torch.is_autocast_enabled(device) and self.cell in ("gru", "lstm"):
+            low = torch.get_autocast_dtype(device)  # weights cast once, gradients by one GEMM over the steps
+            loop = (LoopRNN(self.decoder, low), LoopLinear.of(self.combine, low))
         for t in range(tgt_in.size(1)):
-            vec, state, weights = self._step_vectors(emb[:, t], memory, state)
+            vec, state, weights = self._step_vectors(emb[:, t], memory, state, loop)
             vecs.append(vec)
             all_weights.append(weights)
         return torch.stack(vecs, 1), torch.stack(all_weights, 1)
@@ -233,3 +254,8 @@ class Seq2Seq(nn.Module):
         return linear_cross_entropy(
             vec[real], self.generator.weight, self.generator.bias, tgt_out[real], self.pad_id, label_smoothing
         )
+
+
+def _swap_batch_and_layers(state):
+    """A state batch-first (B, L, H) <-> as the RNN keeps it (L, B, H); (h, c) pairs alike."""
+    return tuple(s.transpose(0, 1) for s in state) if isinstance(state, tuple) else state.transpose(0, 1)

@@ -1,0 +1,137 @@
+"""Weights that a Python loop over time applies at every step, under autocast: cast once, gradient by one GEMM.
+
+A decoder with input feeding must run its RNN one step at a time. Under bf16 autocast (as Lightning runs it, without
+autocast's weight cache) every step then casts each weight to bf16, and every step's backward casts that weight's
+gradient back to fp32 and adds it to ``.grad``: three passes over each weight per time step, which made the
+translation config's copies alone a third of its step time. Here::
+
+    forward:   W_low = W.to(bf16) once            y_t = x_t W_low^T + b_low   for t = 1..T
+    backward:  dx_t = dy_t W_low                  (per step, as the chain through time needs it)
+               dW = [dy_1; ..; dy_T]^T [x_1; ..; x_T]   one GEMM over all steps, summed in fp32 inside it
+               db = sum_t dy_t                    in fp32
+
+which is what the gradient of a shared weight is: the sum over time steps of the per-step gradients (the lecture's
+"the gradient of W is summed over time steps"), computed the way cuDNN's RNN kernels do. The per-step backward
+stores (dy_t, x_t); an "anchor" node between W and W_low runs after every step's backward (autograd's ordering)
+and makes dW from them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LoopLinear:
+    """``nn.Linear``-like ``weight (O, I)``, ``bias (O,)`` applied at every step of one forward pass.
+
+    Build one per forward (it holds that pass's per-step gradients), call it like the layer.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
+        self.box: dict[str, list] = {"dy": [], "x": []}
+        self.dtype = dtype
+        self.weight, self.bias = _Anchor.apply(weight, bias, self.box, dtype)
+
+    @classmethod
+    def of(cls, layer: nn.Linear, dtype: torch.dtype) -> LoopLinear:
+        return cls(layer.weight, layer.bias, dtype)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, I) -> (B, O) in the low dtype."""
+        return _StepLinear.apply(x, self.weight, self.bias, self.box)
+
+
+class _Anchor(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight, bias, box, dtype):
+        ctx.box, ctx.has_bias = box, bias is not None
+        ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
+        ctx.set_materialize_grads(False)
+        low_b = bias.detach().to(dtype) if bias is not None else None
+        return weight.detach().to(dtype), low_b
+
+    @staticmethod
+    def backward(ctx, _dw_none, _db_none):
+        box = ctx.box
+        if not box["dy"]:
+            return None, None, None, None
+        dy, x = torch.cat(box["dy"]), torch.cat(box["x"])  # (T*B, O), (T*B, I) in the low dtype
+        box["dy"].clear()
+        box["x"].clear()
+        dw = torch.mm(dy.t(), x).to(ctx.dtypes[0])  # (O, I)
+        db = dy.float().sum(0).to(ctx.dtypes[1]) if ctx.has_bias else None
+        return dw, db, None, None
+
+
+class _StepLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, box):
+        ctx.box, ctx.x_dtype = box, x.dtype
+        x = x.to(weight.dtype)
+        ctx.save_for_backward(x, weight)
+        return torch.addmm(bias, x, weight.t()) if bias is not None else x @ weight.t()
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        dy = dy.to(weight.dtype)
+        ctx.box["dy"].append(dy)
+        ctx.box["x"].append(x)
+        dx = (dy @ weight).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
+        return dx, None, None, None
+
+
+def gru_cell(x: torch.Tensor, h: torch.Tensor, w_ih: LoopLinear, w_hh: LoopLinear) -> torch.Tensor:
+    """One GRU step as ``nn.GRU`` computes it (gates r, z, n): x (B, I), h (B, H) -> h' (B, H)."""
+    i_r, i_z, i_n = w_ih(x).chunk(3, dim=1)
+    h_r, h_z, h_n = w_hh(h).chunk(3, dim=1)
+    r = torch.sigmoid(i_r + h_r)
+    z = torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    return n + z * (h.to(n.dtype) - n)  # (1 - z) n + z h
+
+
+def lstm_cell(
+    x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_ih: LoopLinear, w_hh: LoopLinear
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One LSTM step as ``nn.LSTM`` computes it (gates i, f, g, o): -> (h', c'), c kept in fp32."""
+    gates = w_ih(x) + w_hh(h)  # (B, 4H)
+    i, f, g, o = gates.float().chunk(4, dim=1)
+    c = torch.sigmoid(f) * c.float() + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return h.to(gates.dtype), c
+
+
+class LoopRNN:
+    """A stacked ``nn.GRU`` / ``nn.LSTM`` run one step at a time with :class:`LoopLinear` weights.
+
+    Dropout between layers as the module applies it (training only). States are (L, B, H) like the module's.
+    """
+
+    def __init__(self, rnn: nn.RNNBase, dtype: torch.dtype) -> None:
+        if rnn.mode not in ("GRU", "LSTM") or rnn.bidirectional or rnn.proj_size:
+            raise ValueError(f"LoopRNN runs unidirectional GRU and LSTM stacks, not {rnn}")
+        self.rnn, self.lstm = rnn, rnn.mode == "LSTM"
+        self.layers = [
+            (
+                LoopLinear(getattr(rnn, f"weight_ih_l{k}"), getattr(rnn, f"bias_ih_l{k}", None), dtype),
+                LoopLinear(getattr(rnn, f"weight_hh_l{k}"), getattr(rnn, f"bias_hh_l{k}", None), dtype),
+            )
+            for k in range(rnn.num_layers)
+        ]
+
+    def step(self, x: torch.Tensor, state):
+        """x (B, I), state h (L, B, H) or (h, c) -> output (B, H), new state."""
+        hs, cs, out = [], [], x
+        for k, (w_ih, w_hh) in enumerate(self.layers):
+            if k > 0 and self.rnn.dropout and self.rnn.training:
+                out = nn.functional.dropout(out, self.rnn.dropout, training=True)
+            if self.lstm:
+                out, c = lstm_cell(out, state[0][k], state[1][k], w_ih, w_hh)
+                cs.append(c)
+            else:
+                out = gru_cell(out, state[k], w_ih, w_hh)
+            hs.append(out)
+        h = torch.stack(hs)
+        return out, ((h, torch.stack(cs)) if self.lstm else h)
