@@ -233,7 +233,9 @@ class VideoData(ClipData):
         shuffle_frames: Shuffle each clip's frames in time (fixed per clip), labels travelling with their frames: a
             control that removes temporal order, so that what the model learns from time becomes visible.
         batch_size: Clips per batch.
-        buffer_size: Shuffle buffer of the record stream (records are file names, so it can be large).
+        buffer_size: Clips per shuffle buffer. A buffer is decoded before its first batch (the next one while
+            the current one trains), so it holds decoded clips, and the first batch of an epoch waits for one
+            buffer (one worker decoded 536 20-frame 64x64 clips/s on a 2-core EPYC: 4,000 clips, ~7.5 s).
         num_workers: DataLoader worker processes per rank that decode clips (0: decode in the training process).
         seed: Seed of the shuffle.
     """

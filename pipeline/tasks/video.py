@@ -105,10 +105,15 @@ class VideoTask(TBPTTTask):
             network.head.out_features,
             network.frame_head.out_features if network.frame_head is not None else 0,
         )
-        self.train_acc, self.val_acc = (MulticlassAccuracy(k, average="micro") for _ in range(2))
+        # the training metrics skip their per-step argument checks (a torch.unique each): predictions are
+        # argmaxes and the data checked every label
+        self.train_acc, self.val_acc = (
+            MulticlassAccuracy(k, average="micro", validate_args=not train) for train in (True, False)
+        )
         if kf:
             self.train_frame_acc, self.val_frame_acc = (
-                MulticlassAccuracy(kf, average="micro", ignore_index=IGNORE) for _ in range(2)
+                MulticlassAccuracy(kf, average="micro", ignore_index=IGNORE, validate_args=not train)
+                for train in (True, False)
             )
         self.confusion = MulticlassConfusionMatrix(k)
         self._samples: list[dict] = []
