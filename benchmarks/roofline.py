@@ -115,7 +115,22 @@ def count_flops(
         sum(v.values()) for name, v in counts.items() if any(name.endswith(r) for r in rnn_names if r)
     )
     other = counter.get_total_flops() - counted_inside
-    return other + 3 * rnn_flops[0], sorted(set(shapes))
+    return other + 3 * rnn_flops[0], sorted(set(shapes + loop_shapes(task, batch)))
+
+
+def loop_shapes(task, batch: dict) -> list[tuple[int, int, int]]:
+    """GEMM shapes of layers a model uses without calling them as modules (their FLOPs are counted as aten ops):
+    the translation decoder's step loop and its output layer fused with the loss (pipeline/models)."""
+    net = getattr(task, "network", None)
+    if not (hasattr(net, "generator") and hasattr(net, "decoder")) or "tgt_out" not in batch:
+        return []
+    b, rnn = batch["tgt_out"].size(0), net.decoder
+    gates = GATES[rnn.mode.split("_")[0]] * rnn.hidden_size
+    out = [(int((batch["tgt_out"] != 0).sum()), net.generator.in_features, net.generator.out_features)]
+    out.append((b, net.combine.in_features, net.combine.out_features))
+    for k in range(rnn.num_layers):
+        out += [(b, getattr(rnn, f"weight_ih_l{k}").size(1), gates), (b, rnn.hidden_size, gates)]
+    return out
 
 
 def loss_of(task, batch: dict) -> torch.Tensor:
