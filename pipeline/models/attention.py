@@ -60,12 +60,14 @@ class Attention(nn.Module):
             self.v = nn.Linear(size, 1, bias=False)
 
     def keys(self, memory: torch.Tensor) -> torch.Tensor:
-        """The query-independent part of the score, once per sentence: (B, S, M) -> (B, S, K)."""
+        """The query-independent part of the score, once per sentence: (B, S, M) -> (B, K, S) for dot and general
+        (laid out for the per-step ``bmm``: a transposed operand would be copied at every decoder step), (B, S, A)
+        for additive."""
         if self.kind == "general":
-            return self.w_a(memory)  # (B, S, Q)
+            return self.w_a(memory).transpose(1, 2).contiguous()  # (B, Q, S)
         if self.kind == "additive":
             return self.w_k(memory)  # (B, S, A)
-        return memory
+        return memory.transpose(1, 2).contiguous()  # (B, M, S)
 
     def forward(
         self, query: torch.Tensor, keys: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor
@@ -78,7 +80,7 @@ class Attention(nn.Module):
             # (B, T, 1, A) + (B, 1, S, A) -> (B, T, S, A) -> (B, T, S)
             scores = self.v(torch.tanh(self.w_q(query).unsqueeze(2) + keys.unsqueeze(1))).squeeze(-1)
         else:
-            scores = torch.bmm(query, keys.transpose(1, 2))  # (B, T, S)
+            scores = torch.bmm(query, keys)  # (B, T, Q) x (B, Q, S) -> (B, T, S)
         scores = scores.float().masked_fill(~mask[:, None, :], float("-inf"))
         weights = torch.softmax(scores, dim=-1)  # float32 softmax also under bf16 autocast
         context = torch.bmm(weights.to(memory.dtype), memory)  # (B, T, M)

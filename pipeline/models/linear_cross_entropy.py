@@ -52,16 +52,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grads = need_h or need_w or need_b
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(compute), weight.to(compute)
+            w_t = w.t().contiguous()  # (O, V): a transposed GEMM operand would be copied for every chunk
             b = bias.to(compute) if bias is not None else None
             n, vocab = h.size(0), w.size(0)
             dh = torch.empty_like(h) if need_h else None  # (N, O)
-            dw = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if need_w else None  # (V, O)
+            dw_t = torch.zeros(w_t.shape, dtype=torch.float32, device=w.device) if need_w else None  # (O, V)
             db = torch.zeros(vocab, dtype=torch.float32, device=w.device) if need_b else None  # (V,)
             total = torch.zeros((), dtype=torch.float32, device=h.device)
             for start in range(0, n, chunk):
                 rows = slice(start, min(n, start + chunk))
                 hr, y = h[rows], target[rows]  # (c, O), (c,)
-                z = (torch.addmm(b, hr, w.t()) if b is not None else hr @ w.t()).float()  # (c, V)
+                z = (torch.addmm(b, hr, w_t) if b is not None else hr @ w_t).float()  # (c, V)
                 real = y != ignore_index  # (c,)
                 y = torch.where(real, y, 0)
                 lse = torch.logsumexp(z, dim=-1)  # (c,)
@@ -82,7 +83,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if need_h:
                     dh[rows] = gc @ w
                 if need_w:
-                    dw += (gc.t() @ hr).float()
+                    dw_t += (hr.t() @ gc).float()  # (O, c) x (c, V): the small operand is the transposed one
+        dw = dw_t.t() if need_w else None  # (V, O)
         ctx.save_for_backward(dh, dw, db)
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
         return total

@@ -31,7 +31,7 @@ class LoopLinear:
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
         self.box: dict[str, list] = {"dy": [], "x": []}
         self.dtype = dtype
-        self.weight, self.bias = _Anchor.apply(weight, bias, self.box, dtype)
+        self.weight, self.weight_t, self.bias = _Anchor.apply(weight, bias, self.box, dtype)  # (O, I), (I, O)
 
     @classmethod
     def of(cls, layer: nn.Linear, dtype: torch.dtype) -> LoopLinear:
@@ -39,7 +39,7 @@ class LoopLinear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, I) -> (B, O) in the low dtype."""
-        return _StepLinear.apply(x, self.weight, self.bias, self.box)
+        return _StepLinear.apply(x, self.weight, self.weight_t, self.bias, self.box)
 
 
 class _Anchor(torch.autograd.Function):
@@ -49,10 +49,12 @@ class _Anchor(torch.autograd.Function):
         ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
         ctx.set_materialize_grads(False)
         low_b = bias.detach().to(dtype) if bias is not None else None
-        return weight.detach().to(dtype), low_b
+        low = weight.detach().to(dtype)
+        # both layouts, each contiguous: a transposed operand of a bf16 GEMM is copied at every call
+        return low, low.t().contiguous(), low_b
 
     @staticmethod
-    def backward(ctx, _dw_none, _db_none):
+    def backward(ctx, _dw_none, _dwt_none, _db_none):
         box = ctx.box
         if not box["dy"]:
             return None, None, None, None
@@ -66,11 +68,11 @@ class _Anchor(torch.autograd.Function):
 
 class _StepLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, box):
+    def forward(ctx, x, weight, weight_t, bias, box):
         ctx.box, ctx.x_dtype = box, x.dtype
         x = x.to(weight.dtype)
         ctx.save_for_backward(x, weight)
-        return torch.addmm(bias, x, weight.t()) if bias is not None else x @ weight.t()
+        return torch.addmm(bias, x, weight_t) if bias is not None else x @ weight_t
 
     @staticmethod
     def backward(ctx, dy):
@@ -79,7 +81,7 @@ class _StepLinear(torch.autograd.Function):
         ctx.box["dy"].append(dy)
         ctx.box["x"].append(x)
         dx = (dy @ weight).to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
-        return dx, None, None, None
+        return dx, None, None, None, None
 
 
 def gru_cell(x: torch.Tensor, h: torch.Tensor, w_ih: LoopLinear, w_hh: LoopLinear) -> torch.Tensor:

@@ -117,9 +117,11 @@ class Seq2Seq(nn.Module):
         last = torch.cat(list(h[-d:]), dim=-1)  # (B, H): both directions of the last layer
         init = torch.tanh(self.bridge(last)).view(src.size(0), -1, self.decoder_layers, self.hidden_size)
         hidden = (init[:, 0], init[:, 1]) if self.cell == "lstm" else init[:, 0]  # (B, L, H) each
+        if torch.is_autocast_enabled(out.device.type):  # once, not in every step's bmm
+            out = out.to(torch.get_autocast_dtype(out.device.type))
         memory = {
             "memory": out,  # (B, S, H)
-            "keys": self.attention.keys(out),  # (B, S, K)
+            "keys": self.attention.keys(out),  # (B, K, S); (B, S, A) for additive attention
             "mask": source_mask(src_lengths.to(src.device), src.size(1)),  # (B, S)
         }
         feed = out.new_zeros(src.size(0), self.output_size) if self.input_feeding else None
