@@ -32,9 +32,10 @@ from slurm_jobs import (
 pytestmark = pytest.mark.cluster
 
 TWO_NODES = ("--nodes", "2", "--socket-ifname", "eth0")
-# The preemption tests compare weights bit for bit, with one rank per node (world 2, ranks on different hosts). With
-# 2 x 2 ranks a resumed run came out within 2.4e-7 of the uninterrupted one, not bit-equal (see README, multi-node).
+# The preemption tests compare weights bit for bit: with one rank per node (world 2, ranks on different hosts), and for
+# SIGUSR1 also with 2 x 2 ranks (world 4, where the order of the gradient sums matters: see resume.fix_bucket_order)
 ONE_PER_NODE = (*TWO_NODES, "--trainer.devices", "1")
+LAYOUTS = {"1-per-node": ONE_PER_NODE, "2-per-node": TWO_NODES}
 RANK_LINE = r"\[pipeline\] rank (\d+)/(\d+) on host (\S+), node rank (\d+), local rank (\d+): joined at (\S+)"
 
 
@@ -49,8 +50,17 @@ def slurm(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(slurm, tmp_path_factory):
-    return Uninterrupted(slurm, tmp_path_factory.mktemp("reference2"), *ONE_PER_NODE)
+def references(slurm, tmp_path_factory) -> dict[str, Uninterrupted]:
+    """One uninterrupted run per layout, each submitted when a test first needs it."""
+    return {
+        name: Uninterrupted(slurm, tmp_path_factory.mktemp(f"reference-{name}"), *args)
+        for name, args in LAYOUTS.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(references):
+    return references["1-per-node"]
 
 
 def test_two_node_job_completes_and_ranks_read_disjoint_data(slurm, tmp_path):
@@ -91,8 +101,13 @@ def test_two_node_job_completes_and_ranks_read_disjoint_data(slurm, tmp_path):
     print(f"2 nodes x 2 tasks: submit -> first training step {first_step_s(job):.0f} s")
 
 
-def test_two_node_job_preempted_by_sigusr1_resumes_to_the_uninterrupted_weights(slurm, tmp_path, reference):
-    job = submit(slurm, tmp_path, "preempted", *PREEMPT_ARGS, *ONE_PER_NODE)
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_two_node_job_preempted_by_sigusr1_resumes_to_the_uninterrupted_weights(
+    slurm, tmp_path, references, layout
+):
+    args, reference = LAYOUTS[layout], references[layout]
+    world = 2 if layout == "1-per-node" else 4
+    job = submit(slurm, tmp_path, "preempted", *PREEMPT_ARGS, *args)
     reference.submit()  # queued behind: it needs both nodes too
     job.wait_for(lambda: 8 in job.checkpoint_steps(), "checkpoint at step 8", timeout=600)
     job.signal("USR1")  # every rank on both nodes
@@ -103,10 +118,14 @@ def test_two_node_job_preempted_by_sigusr1_resumes_to_the_uninterrupted_weights(
     assert len(stopped) == 1, text[-5000:]
     step, saved = int(stopped[0][0]), Path(stopped[0][1])
     assert 8 <= step < 40 and stopped[0][2] == job.id
-    second = text.split("restart 1 on", 1)[1]
+    first_part, second = text.split("restart 1 on", 1)
     assert f"resuming from {saved}" in second
     back = re.findall(RANK_LINE, second)  # the whole job came back, on both nodes
-    assert sorted((r[0], r[2]) for r in back) == [("0", "n1"), ("1", "n2")], second[-3000:]
+    hosts = [(str(r), f"n{r * 2 // world + 1}") for r in range(world)]
+    assert sorted((r[0], r[2]) for r in back) == hosts, second[-3000:]
+    # with 4 ranks both parts sum the gradients in one bucket order from their first step on
+    fixed = f"DDP with {world} ranks: gradient buckets in parameter order from the first step"
+    assert (fixed in first_part and fixed in second) == (world > 2), text[-5000:]
     runs = offline_runs(job.run_dir)
     run_id = (job.run_dir / "wandb_id").read_text().strip()
     assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs)

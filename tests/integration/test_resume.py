@@ -16,12 +16,18 @@ STEPS = 40  # the debug data has ~28 batches per epoch: the runs cross an epoch 
 
 
 def fit(
-    tmp_path: Path, runs: Path, trace: Path, *extra: str, kill_at: str | None = None, resume: bool = False
+    tmp_path: Path,
+    runs: Path,
+    trace: Path,
+    *extra: str,
+    kill_at: str | None = None,
+    resume: bool = False,
+    steps: int = STEPS,
 ):
     env = cli_env(tmp_path, PIPELINE_TRACE=str(trace))
     if kill_at:
         env["PIPELINE_KILL_AT"] = kill_at
-    args = ["--config", DEBUG, "--runs_dir", str(runs), "--trainer.max_steps", str(STEPS), *extra]
+    args = ["--config", DEBUG, "--runs_dir", str(runs), "--trainer.max_steps", str(steps), *extra]
     if resume:
         args += ["--ckpt_path", "last"]
     proc = run_cli("pipeline.fit", *args, tmp_path=tmp_path, env=env, check=not kill_at)
@@ -53,18 +59,20 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert not different, f"tensors differ after resume: {different}"
 
 
-def check_resume(tmp_path: Path, kills: list[str], ranks: int = 1, extra: tuple[str, ...] = ()) -> None:
+def check_resume(
+    tmp_path: Path, kills: list[str], ranks: int = 1, extra: tuple[str, ...] = (), steps: int = STEPS
+) -> None:
     full = tmp_path / "full"
-    fit(tmp_path, tmp_path / "runs-full", full, *extra)
+    fit(tmp_path, tmp_path / "runs-full", full, *extra, steps=steps)
     runs = tmp_path / "runs-killed"
     traces, resumed_from = [], []
     for i, kill in enumerate(kills):
         trace = tmp_path / f"part{i}"
-        fit(tmp_path, runs, trace, *extra, kill_at=kill, resume=i > 0)
+        fit(tmp_path, runs, trace, *extra, kill_at=kill, resume=i > 0, steps=steps)
         traces.append(trace)
         resumed_from.append(last_step(runs))  # what the next run restarts from
     final = tmp_path / "final"
-    proc = fit(tmp_path, runs, final, *extra, resume=True)
+    proc = fit(tmp_path, runs, final, *extra, resume=True, steps=steps)
     assert "resuming from" in proc.stderr
     for rank in range(ranks):
         effective = Counter()
@@ -114,12 +122,18 @@ def test_kill_after_a_checkpoint_on_an_epochs_last_batch(tmp_path, monkeypatch):
     check_resume(tmp_path, kills=[str(batches + 2)], extra=("--checkpoint.every_n_train_steps", str(batches)))
 
 
-def test_kill_mid_epoch_and_resume_two_process_ddp(tmp_path):
+@pytest.mark.parametrize(("ranks", "steps"), [(2, STEPS), (4, 16)])
+def test_kill_mid_epoch_and_resume_multi_process_ddp(tmp_path, ranks, steps):
+    # 4 ranks: a gloo sum of 4 gradients depends on each element's offset in its DDP bucket (with 2 it cannot: a+b is
+    # b+a). Before the bucket order was fixed (resume.fix_bucket_order), the resumed run's first step (12) summed in
+    # another order: its gradients were 1 ulp apart and the weights differed at steps 15 to 19, and by chance
+    # agreed again from step 20 on, so with 4 ranks the runs end at step 16 (7 batches per rank and epoch: epoch 2)
     check_resume(
         tmp_path,
         kills=["14"],
-        ranks=2,
-        extra=("--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"),
+        ranks=ranks,
+        extra=("--trainer.accelerator", "cpu", "--trainer.devices", str(ranks), "--trainer.strategy", "ddp"),
+        steps=steps,
     )
 
 
