@@ -197,8 +197,9 @@ class BatchStream(IterableDataset):
                 rng.setstate(rng_state(fixed[flush][2]))
                 skip = max(skip, fixed[flush][3])
             drawn = rng.getstate()
-            if ahead is not None and ahead.bounds == (pos, stop):
-                before, (records, examples, end) = ahead.before, ahead.result()
+            loaded = ahead.result() if ahead is not None else None  # joined: it shares the record iterator
+            if loaded is not None and ahead.bounds == (pos, stop):
+                before, (records, examples, end) = ahead.before, loaded
             else:
                 before = self.faults.snapshot()
                 records, examples, end = self._load(shards, work, pos, stop)
