@@ -83,7 +83,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if need_h:
                     dh[rows] = gc @ w
                 if need_w:
-                    dw_t += (hr.t() @ gc).float()  # (O, c) x (c, V): the small operand is the transposed one
+                    # (O, c) x (c, V): the small operand is the transposed one; added in fp32 without an fp32 copy
+                    dw_t.add_(hr.t() @ gc)
         dw = dw_t.t() if need_w else None  # (V, O)
         ctx.save_for_backward(dh, dw, db)
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)

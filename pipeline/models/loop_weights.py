@@ -14,6 +14,13 @@ which is what the gradient of a shared weight is: the sum over time steps of the
 "the gradient of W is summed over time steps"), computed the way cuDNN's RNN kernels do. The per-step backward
 stores (dy_t, x_t); an "anchor" node between W and W_low runs after every step's backward (autograd's ordering)
 and makes dW from them.
+
+With input feeding the decoder's input is [embedding of the previous target token; previous h~], and only the second
+half depends on the previous step. :class:`LoopRNN` can take the first half out of the loop (``ahead``)::
+
+    x_t W_ih^T = e_t W_e^T + f_t W_f^T       W_ih = [W_e | W_f]  (3H, E + O) for a GRU
+    [e_1; ..; e_T] W_e^T + b_ih              one (B*T, E) x (E, 3H) GEMM before the loop, autograd's own
+    f_t W_f^T                                per step, half the columns, no per-step concatenation
 """
 
 from __future__ import annotations
@@ -84,9 +91,10 @@ class _StepLinear(torch.autograd.Function):
         return dx, None, None, None, None
 
 
-def gru_cell(x: torch.Tensor, h: torch.Tensor, w_ih: LoopLinear, w_hh: LoopLinear) -> torch.Tensor:
-    """One GRU step as ``nn.GRU`` computes it (gates r, z, n): x (B, I), h (B, H) -> h' (B, H)."""
-    i_r, i_z, i_n = w_ih(x).chunk(3, dim=1)
+def gru_cell(gi: torch.Tensor, h: torch.Tensor, w_hh: LoopLinear) -> torch.Tensor:
+    """One GRU step as ``nn.GRU`` computes it (gates r, z, n), from the input's projection gi = x W_ih^T + b_ih
+    (B, 3H) and h (B, H) -> h' (B, H)."""
+    i_r, i_z, i_n = gi.chunk(3, dim=1)
     h_r, h_z, h_n = w_hh(h).chunk(3, dim=1)
     r = torch.sigmoid(i_r + h_r)
     z = torch.sigmoid(i_z + h_z)
@@ -95,10 +103,11 @@ def gru_cell(x: torch.Tensor, h: torch.Tensor, w_ih: LoopLinear, w_hh: LoopLinea
 
 
 def lstm_cell(
-    x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_ih: LoopLinear, w_hh: LoopLinear
+    gi: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_hh: LoopLinear
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One LSTM step as ``nn.LSTM`` computes it (gates i, f, g, o): -> (h', c'), c kept in fp32."""
-    gates = w_ih(x) + w_hh(h)  # (B, 4H)
+    """One LSTM step as ``nn.LSTM`` computes it (gates i, f, g, o), from the input's projection gi (B, 4H):
+    -> (h', c'), c kept in fp32."""
+    gates = gi + w_hh(h)  # (B, 4H)
     i, f, g, o = gates.float().chunk(4, dim=1)
     c = torch.sigmoid(f) * c.float() + torch.sigmoid(i) * torch.tanh(g)
     h = torch.sigmoid(o) * torch.tanh(c)
@@ -108,32 +117,44 @@ def lstm_cell(
 class LoopRNN:
     """A stacked ``nn.GRU`` / ``nn.LSTM`` run one step at a time with :class:`LoopLinear` weights.
 
-    Dropout between layers as the module applies it (training only). States are (L, B, H) like the module's.
+    ``ahead``: the first ``ahead`` input columns of layer 0 are known for every step before the loop (the target
+    embeddings under teacher forcing); :meth:`project` multiplies them by their part of ``W_ih`` in one GEMM, and
+    :meth:`step` then takes only the remaining columns. Dropout between layers as the module applies it (training
+    only). States are (L, B, H) like the module's.
     """
 
-    def __init__(self, rnn: nn.RNNBase, dtype: torch.dtype) -> None:
+    def __init__(self, rnn: nn.RNNBase, dtype: torch.dtype, ahead: int = 0) -> None:
         if rnn.mode not in ("GRU", "LSTM") or rnn.bidirectional or rnn.proj_size:
             raise ValueError(f"LoopRNN runs unidirectional GRU and LSTM stacks, not {rnn}")
-        self.rnn, self.lstm = rnn, rnn.mode == "LSTM"
-        self.layers = [
-            (
-                LoopLinear(getattr(rnn, f"weight_ih_l{k}"), getattr(rnn, f"bias_ih_l{k}", None), dtype),
-                LoopLinear(getattr(rnn, f"weight_hh_l{k}"), getattr(rnn, f"bias_hh_l{k}", None), dtype),
-            )
-            for k in range(rnn.num_layers)
-        ]
+        self.rnn, self.lstm, self.ahead = rnn, rnn.mode == "LSTM", ahead
+        self.layers = []
+        for k in range(rnn.num_layers):
+            w_ih, b_ih = getattr(rnn, f"weight_ih_l{k}"), getattr(rnn, f"bias_ih_l{k}", None)
+            if k == 0 and ahead:  # the bias goes with the part computed ahead
+                w_ih, b_ih = w_ih[:, ahead:], None
+            hh = (getattr(rnn, f"weight_hh_l{k}"), getattr(rnn, f"bias_hh_l{k}", None))
+            self.layers.append((LoopLinear(w_ih, b_ih, dtype), LoopLinear(*hh, dtype)))
 
-    def step(self, x: torch.Tensor, state):
-        """x (B, I), state h (L, B, H) or (h, c) -> output (B, H), new state."""
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``ahead`` columns of every step at once: x (B, T, ahead) -> (B, T, gates * H), under autocast."""
+        w_ih, b_ih = self.rnn.weight_ih_l0, getattr(self.rnn, "bias_ih_l0", None)
+        return nn.functional.linear(x, w_ih[:, : self.ahead], b_ih)
+
+    def step(self, x: torch.Tensor, state, projected: torch.Tensor | None = None):
+        """x (B, I) (the columns after ``ahead``), state h (L, B, H) or (h, c) -> output (B, H), new state.
+        ``projected``: this step's row of :meth:`project` (B, gates * H), needed when ``ahead`` > 0."""
         hs, cs, out = [], [], x
         for k, (w_ih, w_hh) in enumerate(self.layers):
             if k > 0 and self.rnn.dropout and self.rnn.training:
                 out = nn.functional.dropout(out, self.rnn.dropout, training=True)
+            gi = w_ih(out)
+            if k == 0 and self.ahead:
+                gi = gi + projected.to(gi.dtype)
             if self.lstm:
-                out, c = lstm_cell(out, state[0][k], state[1][k], w_ih, w_hh)
+                out, c = lstm_cell(gi, state[0][k], state[1][k], w_hh)
                 cs.append(c)
             else:
-                out = gru_cell(out, state[k], w_ih, w_hh)
+                out = gru_cell(gi, state[k], w_hh)
             hs.append(out)
         h = torch.stack(hs)
         return out, ((h, torch.stack(cs)) if self.lstm else h)

@@ -156,14 +156,16 @@ class Seq2Seq(nn.Module):
         """One step from embedded inputs (B, E): h~ (B, O) after dropout, the new state, weights (B, S).
 
         ``loop``: (LoopRNN, LoopLinear) of the decoder and the combine layer, for a teacher-forced pass under
-        autocast (see :mod:`pipeline.models.loop_weights`)."""
-        x = emb if state["feed"] is None else torch.cat([emb, state["feed"].to(emb.dtype)], dim=-1)
+        autocast (see :mod:`pipeline.models.loop_weights`); ``emb`` is then already projected by the RNN's input
+        weights (B, gates * H)."""
         if loop is None:
+            x = emb if state["feed"] is None else torch.cat([emb, state["feed"].to(emb.dtype)], dim=-1)
             h, hidden = self._run_decoder(x.unsqueeze(1), state["hidden"])  # (B, 1, H)
             vec, weights = self._attend(h, memory)
         else:
             rnn, combine = loop
-            out, hidden = rnn.step(x, _swap_batch_and_layers(state["hidden"]))  # (B, H), (L, B, H)
+            # (B, H), (L, B, H): the feed through its half of W_ih, the embedding's half was computed ahead
+            out, hidden = rnn.step(state["feed"], _swap_batch_and_layers(state["hidden"]), emb)
             hidden = _swap_batch_and_layers(hidden)
             vec, weights = self._attend(out.unsqueeze(1), memory, combine)  # (B, 1, O)
         vec = self.drop(vec[:, 0])  # (B, O)
@@ -221,9 +223,13 @@ class Seq2Seq(nn.Module):
         device = src.device.type
         if torch.is_autocast_enabled(device) and self.cell in ("gru", "lstm"):
             low = torch.get_autocast_dtype(device)  # weights cast once, gradients by one GEMM over the steps
-            loop = (LoopRNN(self.decoder, low), LoopLinear.of(self.combine, low))
-        for t in range(tgt_in.size(1)):
-            vec, state, weights = self._step_vectors(emb[:, t], memory, state, loop)
+            rnn = LoopRNN(self.decoder, low, ahead=emb.size(-1))
+            loop = (rnn, LoopLinear.of(self.combine, low))
+            emb = rnn.project(emb)  # (B, T, gates * H): every step's embedding through W_ih in one GEMM
+        # unbind, not emb[:, t]: each indexing's backward would write its step into a zeroed (B, T, .) tensor, T
+        # times over; unbind's backward stacks the T step gradients once
+        for x in emb.unbind(1):
+            vec, state, weights = self._step_vectors(x, memory, state, loop)
             vecs.append(vec)
             all_weights.append(weights)
         return torch.stack(vecs, 1), torch.stack(all_weights, 1)

@@ -10,8 +10,11 @@ from pipeline.models.loop_weights import LoopLinear, LoopRNN
 from pipeline.models.seq2seq import Seq2Seq
 
 
+@pytest.mark.parametrize("ahead", [0, 4])
 @pytest.mark.parametrize("mode", ["GRU", "LSTM"])
-def test_loop_rnn_in_fp32_matches_the_module_outputs_and_weight_gradients(mode):
+def test_loop_rnn_in_fp32_matches_the_module_outputs_and_weight_gradients(mode, ahead):
+    """ahead > 0: the first input columns projected for all steps before the loop, as the decoder does with the
+    target embeddings; the same outputs and the same gradient of the whole W_ih."""
     torch.manual_seed(0)
     rnn = getattr(nn, mode)(6, 5, num_layers=2, batch_first=True)
     x = torch.randn(3, 7, 6)
@@ -21,9 +24,10 @@ def test_loop_rnn_in_fp32_matches_the_module_outputs_and_weight_gradients(mode):
     want.square().sum().backward()
     want_grads = [p.grad.clone() for p in rnn.parameters()]
     rnn.zero_grad()
-    loop, outs, s = LoopRNN(rnn, torch.float32), [], state
+    loop, outs, s = LoopRNN(rnn, torch.float32, ahead=ahead), [], state
+    projected = loop.project(x[..., :ahead]) if ahead else None  # (B, T, gates * H)
     for t in range(7):
-        out, s = loop.step(x[:, t], s)
+        out, s = loop.step(x[:, t, ahead:], s, projected[:, t] if ahead else None)
         outs.append(out)
     got = torch.stack(outs, 1)
     got.square().sum().backward()
