@@ -128,8 +128,12 @@ def loop_shapes(task, batch: dict) -> list[tuple[int, int, int]]:
     gates = GATES[rnn.mode.split("_")[0]] * rnn.hidden_size
     out = [(int((batch["tgt_out"] != 0).sum()), net.generator.in_features, net.generator.out_features)]
     out.append((b, net.combine.in_features, net.combine.out_features))
+    ahead = net.tgt_embed.embedding_dim if net.input_feeding else 0  # projected before the loop (LoopRNN)
+    if ahead:
+        out.append((batch["tgt_out"].numel(), ahead, gates))
     for k in range(rnn.num_layers):
-        out += [(b, getattr(rnn, f"weight_ih_l{k}").size(1), gates), (b, rnn.hidden_size, gates)]
+        width = getattr(rnn, f"weight_ih_l{k}").size(1) - (ahead if k == 0 else 0)
+        out += [(b, width, gates), (b, rnn.hidden_size, gates)]
     return out
 
 
