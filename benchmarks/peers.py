@@ -175,6 +175,10 @@ def verdict(task: str, ours: dict | None, peer: dict | None) -> dict:
     return {"bar": bar, "difference": round(diff, 4), "met": diff >= 0 if better is max else diff <= 0}
 
 
+def fmt(figure: float | None, unit: str) -> str:
+    return "" if figure is None else f"{figure:.2f}" if unit == "BLEU" else f"{figure:.4f}"
+
+
 def markdown(results: dict) -> str:
     lines = ["# Peers side by side (issue 14)", "",
              "Each task: our benchmark script, then the peer, one after the other on the same machine, the same "
@@ -189,7 +193,9 @@ def markdown(results: dict) -> str:
         rows = [(unit, "figure"), ("training throughput", "throughput"), ("torch threads", "threads"),
                 ("load average (1 min) at start / end", None), ("run at (UTC), wall minutes", None)]  # fmt: skip
         for label, key in rows:
-            if key:
+            if key == "figure":
+                cells = [fmt(s.get("figure"), unit) for s in (ours, peer)]
+            elif key:
                 cells = [str(s.get(key, "")) for s in (ours, peer)]
             elif label.startswith("load"):
                 cells = [f"{s['load_1min_start']} / {s['load_1min_end']}" if s else "" for s in (ours, peer)]
