@@ -157,9 +157,13 @@ def run_peer(task: str, minutes: float, quick: bool, threads: int) -> dict:
                 "detail": {k: r[k] for k in ("checkpoint", "step", "train_time_s", "val_bleu_greedy", "test_chrf2_beam5",
                                              "bleu_signature", "candidates")}}  # fmt: skip
     if task == "lm":
+        head = subprocess.run(
+            ["git", f"--git-dir={WLM_MIRROR}", "rev-parse", "HEAD"], capture_output=True, text=True
+        )
+        r["checkout"] = f"pytorch/examples {head.stdout.strip() or '(commit unknown)'} word_language_model"
         return {**info, "figure": r["best_val_loss"], "threads": threads,
                 "throughput": f"{r['chars_per_s_median']:,} chars/s (median of its progress lines; fp32)",
-                "detail": {k: r[k] for k in ("best_at", "last_epoch_end_minutes", "epochs", "split_check", "command")}}  # fmt: skip
+                "detail": {k: r[k] for k in ("best_at", "last_epoch_end_minutes", "epochs", "split_check", "command", "checkout")}}  # fmt: skip
     return {**info, "figure": r["best_dev_accuracy"], "threads": threads,
             "throughput": f"{r['train_sentences_per_s']:,} sentences/s, {r['train_tokens_per_s']:,} tokens/s "
                           "(whitespace words; training steps only)",
