@@ -21,9 +21,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget for training")
     parser.add_argument("--config", default="configs/sentiment/sst2_bilstm.yaml")
+    parser.add_argument(
+        "--out", default=str(ROOT / "benchmarks" / "results"), help="folder for the JSON/MD/log"
+    )
     parser.add_argument("overrides", nargs="*", help="extra CLI overrides, e.g. --trainer.max_epochs=2")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="bench-sst2-"))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     seconds = int(args.minutes * 60)
     fit, wall = run(
         "pipeline.fit",
@@ -37,7 +41,7 @@ def main() -> None:
         "pytorch_lightning.loggers.CSVLogger",
         *args.overrides,
         env={"PIPELINE_CACHE": str(scratch / "cache"), "WANDB_MODE": "disabled"},
-        log=ROOT / "benchmarks" / "results" / "sentiment.log",
+        log=Path(args.out) / "sentiment.log",
     )
     run_path = run_dir(fit)
     best = sorted((run_path / "checkpoints").glob("best-*.ckpt"))
@@ -74,6 +78,7 @@ def main() -> None:
             ("padding fraction", str(result["padding_fraction"])),
             ("torch / device", f"{result['torch']} / {result['device']}"),
         ],
+        Path(args.out),
     )
 
 

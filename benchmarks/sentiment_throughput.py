@@ -43,29 +43,54 @@ class Reference(nn.Module):
         return self.head(out.max(1).values)
 
 
-def reference_loop(seconds: float) -> dict:
-    rows = (data_root() / "sst2" / "train.tsv").read_text().splitlines()[1:]
-    data = [(s.split(), int(y)) for s, y in (r.rsplit("\t", 1) for r in rows)]
-    vocab = {w: i + 1 for i, w in enumerate(sorted({w for ws, _ in data for w in ws}))}
-    data.sort(key=lambda d: len(d[0]))
+Batch = tuple[
+    torch.Tensor, torch.Tensor, int
+]  # (B, T) word ids padded with 0, (B,) labels, words in the batch
+
+
+def read_split(name: str) -> list[tuple[list[str], int]]:
+    """``data/sst2/<name>.tsv`` as (whitespace words, label) pairs."""
+    rows = (data_root() / "sst2" / f"{name}.tsv").read_text().splitlines()[1:]
+    return [(s.split(), int(y)) for s, y in (r.rsplit("\t", 1) for r in rows)]
+
+
+def build_vocab(data: list[tuple[list[str], int]]) -> dict[str, int]:
+    """Word -> id from 1 (0 pads; a word training never saw is read as 0 too)."""
+    return {w: i + 1 for i, w in enumerate(sorted({w for ws, _ in data for w in ws}))}
+
+
+def make_batches(data: list[tuple[list[str], int]], vocab: dict[str, int], size: int = 64) -> list[Batch]:
+    """Length-sorted, padded batches of ``size`` sentences, in length order."""
+    data = sorted(data, key=lambda d: len(d[0]))
     batches = []
-    for i in range(0, len(data), 64):
-        chunk = data[i : i + 64]
+    for i in range(0, len(data), size):
+        chunk = data[i : i + size]
         x = torch.zeros(len(chunk), max(len(ws) for ws, _ in chunk) or 1, dtype=torch.long)
         for j, (ws, _) in enumerate(chunk):
-            x[j, : len(ws)] = torch.tensor([vocab[w] for w in ws])
+            x[j, : len(ws)] = torch.tensor([vocab.get(w, 0) for w in ws], dtype=torch.long)
         batches.append((x, torch.tensor([y for _, y in chunk]), sum(len(ws) for ws, _ in chunk)))
+    return batches
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, batch: Batch) -> None:
+    x, y, _ = batch
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def reference_loop(seconds: float) -> dict:
+    data = read_split("train")
+    vocab = build_vocab(data)
+    batches = make_batches(data, vocab)
     torch.manual_seed(0)
     model = Reference(len(vocab) + 1)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     order = torch.randperm(len(batches)).tolist()
     start, tokens, sentences = time.perf_counter(), 0, 0
     for k in order:
-        x, y, n = batches[k]
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-        tokens, sentences = tokens + n, sentences + len(y)
+        train_step(model, opt, batches[k])
+        tokens, sentences = tokens + batches[k][2], sentences + len(batches[k][1])
         if time.perf_counter() - start > seconds:
             break
     wall = time.perf_counter() - start
