@@ -170,13 +170,24 @@ def run_peer(task: str, minutes: float, quick: bool, threads: int) -> dict:
             "detail": {k: r[k] for k in ("best_at", "steps", "epochs", "setup_s", "dev_words_unseen_in_train")}}  # fmt: skip
 
 
+# issue 14's bars: the margin ours must beat the peer by (in the better direction), and an absolute floor
+MARGIN = {"translation": 2.0, "lm": 0.05, "sentiment": 0.03}
+FLOOR = {"sentiment": 0.86}
+
+
 def verdict(task: str, ours: dict | None, peer: dict | None) -> dict:
     _, unit, better, _ = TASKS[task]
-    bar = f"ours {'>=' if better is max else '<='} peer's {unit}"
+    margin = MARGIN[task]
+    bar = f"ours {'>=' if better is max else '<='} peer's {unit} {'+' if better is max else '-'} {margin:g}"
+    if task in FLOOR:
+        bar += f", and ours >= {FLOOR[task]:g}"
     if not ours or not peer or ours.get("figure") is None or peer.get("figure") is None:
         return {"bar": bar, "difference": None, "met": None}
     diff = ours["figure"] - peer["figure"]
-    return {"bar": bar, "difference": round(diff, 4), "met": diff >= 0 if better is max else diff <= 0}
+    met = diff >= margin if better is max else -diff >= margin
+    if task in FLOOR:
+        met = met and ours["figure"] >= FLOOR[task]
+    return {"bar": bar, "difference": round(diff, 4), "met": met}
 
 
 def fmt(figure: float | None, unit: str) -> str:

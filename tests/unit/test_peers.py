@@ -46,7 +46,13 @@ def test_threads_used_prefers_the_probe_choice(tmp_path: Path) -> None:
     assert peers.threads_used(tmp_path / "missing.log") is None
 
 
-def test_verdict_direction_per_task() -> None:
-    assert peers.verdict("lm", {"figure": 1.44}, {"figure": 1.47})["met"] is True  # lower loss is better
-    assert peers.verdict("translation", {"figure": 32.0}, {"figure": 32.4})["met"] is False
+def test_verdict_direction_and_margin_per_task() -> None:
+    """Issue 14's bars: +2.0 BLEU, 0.05 nats/char lower, and +0.03 dev accuracy with at least 0.86."""
+    assert peers.verdict("lm", {"figure": 1.41}, {"figure": 1.47})["met"] is True  # lower loss is better
+    assert peers.verdict("lm", {"figure": 1.44}, {"figure": 1.47})["met"] is False  # better, not by 0.05
+    assert peers.verdict("translation", {"figure": 34.5}, {"figure": 32.4})["met"] is True
+    assert peers.verdict("translation", {"figure": 33.0}, {"figure": 32.4})["met"] is False
+    assert peers.verdict("sentiment", {"figure": 0.855}, {"figure": 0.80})["met"] is False  # under 0.86
+    assert peers.verdict("sentiment", {"figure": 0.87}, {"figure": 0.85})["met"] is False  # only +0.02
+    assert peers.verdict("sentiment", {"figure": 0.87}, {"figure": 0.83})["met"] is True
     assert peers.verdict("sentiment", {"figure": 0.85}, None)["met"] is None
