@@ -26,6 +26,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,8 +59,14 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def side(cmd: list[str], log: Path, env: dict | None = None) -> dict:
+# --side_by_side: the CPUs each side is pinned to ({"ours": "0", "peer": "1"} on 2 cores); empty: not pinned
+PIN: dict[str, str] = {}
+
+
+def side(cmd: list[str], log: Path, env: dict | None = None, who: str = "ours") -> dict:
     """Run one side, its output to ``log``; return when, how long and the machine's load around it."""
+    if PIN.get(who):
+        cmd = ["taskset", "-c", PIN[who], *cmd]
     log.parent.mkdir(parents=True, exist_ok=True)
     print("+", " ".join(cmd), f"  (log: {log.relative_to(ROOT)})", flush=True)
     info = {"started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "load_1min_start": load()}
@@ -148,7 +155,7 @@ def run_peer(task: str, minutes: float, quick: bool, threads: int) -> dict:
         cmd = [PY, "benchmarks/peer_lm.py", *common, *(["--quick_chars", "200000"] if quick else [])]
     else:
         cmd = [PY, "benchmarks/peer_sentiment.py", *common]
-    info = side(cmd, ENV / "logs" / f"{task}-peer.log", env={"OMP_NUM_THREADS": str(threads)})
+    info = side(cmd, ENV / "logs" / f"{task}-peer.log", env={"OMP_NUM_THREADS": str(threads)}, who="peer")
     r = json.loads(out.read_text())
     if task == "translation":
         return {**info, "figure": r["test_bleu_beam5"], "threads": threads, "test_sentences": r["test_sentences"],
@@ -204,7 +211,7 @@ def markdown(results: dict) -> str:
         ours, peer, v = e.get("ours") or {}, e.get("peer") or {}, e["verdict"]
         met = {True: "**met**", False: "**not met**", None: "not decided (a side is missing)"}[v["met"]]
         lines += [f"## {task}: {what}, {e['minutes']:g} minutes{' (QUICK: smoke check, not the benchmark)' if e['quick'] else ''}",
-                  "", f"CPU: {e['cpu']}.", "", f"| | ours | peer: {name} |", "|---|---|---|"]  # fmt: skip
+                  "", f"CPU: {e['cpu']}. Layout: {e.get('layout', 'one after the other (ours, then the peer)')}.", "", f"| | ours | peer: {name} |", "|---|---|---|"]  # fmt: skip
         rows = [(unit, "figure"), ("training throughput", "throughput"), ("torch threads", "threads"),
                 ("load average (1 min) at start / end", None), ("run at (UTC), wall minutes", None)]  # fmt: skip
         for label, key in rows:
@@ -222,6 +229,27 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def run_sides(args: argparse.Namespace, minutes: float, previous: dict) -> tuple[dict | None, dict | None]:
+    """Both sides at once (--side_by_side, pinned), or ours then the peer; --only keeps the other's last figure."""
+    if PIN:
+        with ThreadPoolExecutor(2) as pool:
+            mine = pool.submit(run_ours, args.task, minutes, args.quick, args.threads)
+            theirs = pool.submit(run_peer, args.task, minutes, args.quick, int(args.threads))
+            return mine.result(), theirs.result()
+    ours = (
+        run_ours(args.task, minutes, args.quick, args.threads)
+        if args.only != "peer"
+        else previous.get("ours")
+    )
+    if args.only == "ours":
+        return ours, previous.get("peer")
+    threads = args.threads if args.threads != "auto" else (ours or {}).get("threads")
+    if not threads:
+        threads = os.cpu_count()
+        print(f"[peers] no thread count from our side: the peer gets {threads} (pass --threads)", flush=True)
+    return ours, run_peer(args.task, minutes, args.quick, int(threads))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("task", choices=list(TASKS))
@@ -231,30 +259,33 @@ def main() -> None:
     parser.add_argument(
         "--threads", default="auto", help="torch threads for both sides (default: ours' choice)"
     )
+    parser.add_argument(
+        "--side_by_side",
+        action="store_true",
+        help="run both sides at once, each pinned to half of this process's CPUs with that many threads "
+        "(half the wall time; each side sees the other's load, the same for both)",
+    )
     args = parser.parse_args()
     minutes = args.minutes or (2.0 if args.quick else DEFAULT_MINUTES[args.task])
+    if args.side_by_side:
+        if args.only:
+            parser.error("--side_by_side runs both sides; drop --only")
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            parser.error(f"--side_by_side needs at least 2 CPUs; this process may use {len(cpus)}")
+        half = len(cpus) // 2
+        PIN.update(ours=",".join(map(str, cpus[:half])), peer=",".join(map(str, cpus[half : 2 * half])))
+        args.threads = str(half)
     stem = "peers.quick" if args.quick else "peers"
     path = RESULTS / f"{stem}.json"
     results = json.loads(path.read_text()) if path.exists() else {"tasks": {}}
     previous = results["tasks"].get(args.task, {})
     if previous.get("minutes") != minutes:
         previous = {}  # the other side's figure only counts for the same budget
-    ours = (
-        run_ours(args.task, minutes, args.quick, args.threads)
-        if args.only != "peer"
-        else previous.get("ours")
-    )
-    if args.only != "ours":
-        threads = args.threads if args.threads != "auto" else (ours or {}).get("threads")
-        if not threads:
-            threads = os.cpu_count()
-            print(
-                f"[peers] no thread count from our side: the peer gets {threads} (pass --threads)", flush=True
-            )
-        peer = run_peer(args.task, minutes, args.quick, int(threads))
-    else:
-        peer = previous.get("peer")
-    results["tasks"][args.task] = {"minutes": minutes, "quick": args.quick, "cpu": cpu(), "ours": ours,
+    ours, peer = run_sides(args, minutes, previous)
+    results["tasks"][args.task] = {"minutes": minutes, "quick": args.quick, "cpu": cpu(),
+                                   "layout": f"side by side, pinned: ours CPUs {PIN['ours']}, peer CPUs {PIN['peer']}"
+                                   if PIN else "one after the other (ours, then the peer)", "ours": ours,
                                    "peer": peer, "verdict": verdict(args.task, ours, peer)}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")

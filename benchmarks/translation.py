@@ -59,6 +59,18 @@ def read_lines(split: str, lang: str, limit: int | None) -> list[str]:
     return lines[:limit] if limit else lines
 
 
+# time: the config's warm-up and linear decay, but ending at trainer.max_time (pipeline.tasks.schedules.WallClock), so
+# that a budgeted run gets its whole schedule however fast the machine is; config: the config's step-based schedule
+SCHEDULES = {
+    "time": [
+        "--model.init_args.scheduler", "pipeline.tasks.schedules.WallClock",
+        "--model.init_args.scheduler.warmup_steps", "200", "--model.init_args.scheduler.decay", "linear",
+        "--model.init_args.scheduler.min_factor", "0.1",
+    ],
+    "config": [],
+}  # fmt: skip
+
+
 def train(args: argparse.Namespace, runs_dir: Path) -> Path:
     cmd = [
         sys.executable, "-m", "pipeline.fit", "--config", args.config, "--runs_dir", str(runs_dir),
@@ -69,6 +81,7 @@ def train(args: argparse.Namespace, runs_dir: Path) -> Path:
         "--checkpoint.every_n_train_steps", str(args.ckpt_every), "--checkpoint.save_weights_only", "true",
         "--trainer.callbacks+=benchmarks.translation.SaveAtEnd",
         "--checkpoint.filename", "step{step:05d}", "--checkpoint.auto_insert_metric_name", "false",
+        *SCHEDULES[args.schedule],
         *args.overrides,
     ]  # fmt: skip
     print("+", " ".join(cmd), flush=True)
@@ -113,6 +126,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--run_dir", default=None, help="Evaluate this finished benchmark run instead of training a new one."
+    )
+    parser.add_argument(
+        "--schedule",
+        choices=list(SCHEDULES),
+        default="time",
+        help="time: warm-up, then linear decay ending at --minutes (WallClock); config: the config's own steps.",
     )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("overrides", nargs="*", help="Extra pipeline.fit arguments (after --).")
@@ -199,7 +218,8 @@ def main() -> None:
         r.pop("beam5_sentences_per_s", None)
     report = {
         "benchmark": "Multi30k en->de, test_2016_flickr" + (" (QUICK: first 200 sentences)" if limit else ""),
-        "config": args.config, "overrides": args.overrides, "minutes": args.minutes, "run_dir": str(run_dir),
+        "config": args.config, "overrides": args.overrides, "schedule": args.schedule, "minutes": args.minutes,
+        "run_dir": str(run_dir),
         "machine": f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
         "load_average_at_end_1_5_15min": [round(x, 2) for x in os.getloadavg()],
         "train_tokens_per_s": round(tokens_per_s, 1), "train_steps": final["step"],
@@ -219,7 +239,7 @@ def markdown(report: dict) -> str:
     lines = [
         f"# Translation benchmark: {report['benchmark']}",
         "",
-        f"Config `{report['config']}` {' '.join(report['overrides'])}; {report['machine']}; "
+        f"Config `{report['config']}` {' '.join(report['overrides'])}; schedule {report.get('schedule', 'config')}; {report['machine']}; "
         f"training {report['train_tokens_per_s']:.0f} tokens/s (source + target pieces, wall time with "
         f"validation); decoding "
         f"{report['decode_sentences_per_s']['greedy']:.1f} sentences/s greedy, "
