@@ -203,9 +203,9 @@ def fmt(figure: float | None, unit: str) -> str:
 
 def markdown(results: dict) -> str:
     lines = ["# Peers side by side (issue 14)", "",
-             "Each task: our benchmark script, then the peer, one after the other on the same machine, the same "
-             "wall-clock budget, torch threads and data. The machine is shared with other engineers: the load "
-             "average is shown beside each side's figures.", ""]  # fmt: skip
+             "Each task: our benchmark script and the peer on the same machine, with the same wall-clock budget, "
+             "torch threads and data; one after the other, or side by side with each pinned to its own CPUs (the "
+             "layout line says which). The load average is shown beside each side's figures.", ""]  # fmt: skip
     for task, e in results["tasks"].items():
         what, unit, _, name = TASKS[task]
         ours, peer, v = e.get("ours") or {}, e.get("peer") or {}, e["verdict"]
