@@ -29,6 +29,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root
+
+from benchmarks.common import cpu_name  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = ROOT / "benchmarks" / "peers_env"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -49,10 +53,8 @@ PROBE = re.compile(r"threads measured over .*: using (\d+)")
 
 
 def cpu() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    name = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "?")
-    flags = out.split("Flags:", 1)[-1]
-    return f"{name}, {os.cpu_count()} cores{', avx512_bf16' if 'avx512_bf16' in flags else ''}"
+    flags = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.split("Flags:", 1)[-1]
+    return f"{cpu_name()}, {os.cpu_count()} cores{', avx512_bf16' if 'avx512_bf16' in flags else ''}"
 
 
 def load() -> float:

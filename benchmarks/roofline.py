@@ -25,7 +25,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import steps  # noqa: E402
+from benchmarks.common import cpu_name  # noqa: E402
 
 RESULTS = steps.ROOT / "benchmarks" / "results"
 CLIPS = steps.ROOT / "benchmarks" / ".data" / "moving_digits"  # generated, git-ignored
@@ -200,14 +200,6 @@ def measure(task: str, n_steps: int, warmup: int, runs: Path, extra: list[str], 
         "mm": peak,
         "fraction_of_peak": achieved / peak["peak_gflops"],
     }
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 def machine() -> dict:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS, ROOT, machine, write  # noqa: E402
+from benchmarks.common import RESULTS, ROOT, cpu_name, machine, write  # noqa: E402
 
 SST2 = Path(os.environ.get("PIPELINE_DATA", ROOT / ".." / "shared" / "data")) / "sst2" / "train.tsv"
 ROWS = 67_349  # SST-2 training sentences
@@ -238,7 +238,7 @@ def main() -> None:
         one = make_corpus(corpora / "sst2_1x.tsv", 1)
         result["rate"] = {str(w): sub("rate", str(one), str(w), str(a.rate_batches)) for w in (0, 1, 2)}
         result["tokenizer_list_encode"] = sub("tokenizer", str(one))
-    stamp = {**machine(), "cpu": cpu_name()}
+    stamp = {**machine(), "cpu": f"{cpu_name()}, {os.cpu_count()} cores"}
     result["runs"].update({part: stamp for part in parts})  # when and under what load each part was measured
     write("scale", result, table(result))
 
@@ -283,15 +283,6 @@ def table(result: dict) -> list[tuple[str, str]]:
             (f"machine ({part})", f"{m['cpu']}, load average {m['load_average_1_5_15min']} (shared machine)")
         )
     return rows
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        name = next(ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name"))
-        return f"{name}, {os.cpu_count()} cores"
-    except (OSError, StopIteration):
-        return f"{os.cpu_count()} cores"
 
 
 if __name__ == "__main__":

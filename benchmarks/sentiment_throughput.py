@@ -90,7 +90,8 @@ def reference_loop(seconds: float) -> dict:
     start, tokens, sentences = time.perf_counter(), 0, 0
     for k in order:
         train_step(model, opt, batches[k])
-        tokens, sentences = tokens + batches[k][2], sentences + len(batches[k][1])
+        _, y, n = batches[k]
+        tokens, sentences = tokens + n, sentences + len(y)
         if time.perf_counter() - start > seconds:
             break
     wall = time.perf_counter() - start

@@ -239,7 +239,8 @@ def markdown(report: dict) -> str:
     lines = [
         f"# Translation benchmark: {report['benchmark']}",
         "",
-        f"Config `{report['config']}` {' '.join(report['overrides'])}; schedule {report.get('schedule', 'config')}; {report['machine']}; "
+        f"Config `{report['config']}` {' '.join(report['overrides'])}; "
+        f"schedule {report.get('schedule', 'config')}; {report['machine']}; "
         f"training {report['train_tokens_per_s']:.0f} tokens/s (source + target pieces, wall time with "
         f"validation); decoding "
         f"{report['decode_sentences_per_s']['greedy']:.1f} sentences/s greedy, "
