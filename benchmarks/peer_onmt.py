@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import re
@@ -32,12 +31,15 @@ import threading
 import time
 from pathlib import Path
 
-import sacrebleu
-import sentencepiece as spm
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the repo root
+
+import sacrebleu  # noqa: E402
+import sentencepiece as spm  # noqa: E402
+
+from benchmarks.translation import read_lines  # noqa: E402  the Multi30k files, from the data root ours reads
+
 VENV = ROOT / "benchmarks" / "peers_env" / "onmt"
-RAW = Path(os.environ.get("PIPELINE_DATA", ROOT.parent / "shared" / "data")) / "multi30k" / "task1" / "raw"
 REPORT = re.compile(r"Step (\d+)/.*?(\d+)/\s*(\d+) tok/s;\s+(\d+) sec")
 
 CONFIG = """\
@@ -86,17 +88,11 @@ def ensure_venv() -> None:
     subprocess.run([*pip, "OpenNMT-py==3.0.4"], check=True)
 
 
-def read(split: str, lang: str, limit: int | None = None) -> list[str]:
-    with gzip.open(RAW / f"{split}.{lang}.gz", "rt", encoding="utf-8") as fh:
-        lines = [line.rstrip("\n") for line in fh]
-    return lines[:limit] if limit else lines
-
-
 def prepare(work: Path, limit: int | None) -> spm.SentencePieceProcessor:
     """Train the joint BPE model and write the piece files OpenNMT reads."""
     work.mkdir(parents=True, exist_ok=True)
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(read("train", "en") + read("train", "de")), model_prefix=str(work / "joint"),
+        sentence_iterator=iter(read_lines("train", "en", None) + read_lines("train", "de", None)), model_prefix=str(work / "joint"),
         vocab_size=8000, model_type="bpe", character_coverage=1.0, minloglevel=2,
     )  # fmt: skip
     sp = spm.SentencePieceProcessor(model_file=str(work / "joint.model"))
@@ -106,7 +102,7 @@ def prepare(work: Path, limit: int | None) -> spm.SentencePieceProcessor:
         ("test_2016_flickr", "en", limit),
     ]:
         for lang in langs.split():
-            pieces = sp.encode(read(split, lang, n), out_type=str)
+            pieces = sp.encode(read_lines(split, lang, n), out_type=str)
             (work / f"{split}.{lang}.sp").write_text("".join(" ".join(p) + "\n" for p in pieces))
     return sp
 
@@ -201,7 +197,7 @@ def main() -> None:
     ckpts = sorted(work.glob("model_step_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
     ckpts = [{"path": p, "step": int(p.stem.rsplit("_", 1)[1]), "train_time_s": round(p.stat().st_mtime - start, 1)}
              for p in ckpts if p.stat().st_mtime - start <= budget][-args.candidates:]  # fmt: skip
-    val_ref, test_ref = read("val", "de", args.limit), read("test_2016_flickr", "de", args.limit)
+    val_ref, test_ref = read_lines("val", "de", args.limit), read_lines("test_2016_flickr", "de", args.limit)
     for c in ckpts:
         hyps, _ = translate(work, c["path"], str(work / "val.en.sp"), 1, args.threads, sp)
         c["val_bleu_greedy"] = round(sacrebleu.corpus_bleu(hyps, [val_ref]).score, 2) if hyps else None
