@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import zlib
 from typing import Literal
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from pipeline.data.faults import FaultCounter
 from pipeline.data.module import StreamDataModule
 from pipeline.data.source import Source
+from pipeline.data.stream import BatchStream
 from pipeline.data.tokenizer import PAD, Tokenizer
 
 
@@ -37,7 +39,8 @@ class SentimentData(StreamDataModule):
         label_column: Column that holds the label.
         labels: The declared classes, as they are written in the label column; their order gives the class index.
             A record whose label is not one of them is skipped and counted (``bad_label``).
-        tokenizer: Sentencepiece options (trained on the training split, cached).
+        tokenizer: Sentencepiece options (trained on the training split, cached). With ``sample_alpha`` the training
+            batches are segmented by sampling (subword regularization); validation keeps the best segmentation.
         batch_size: Sentences per batch (an upper bound when ``max_tokens`` is set too).
         max_tokens: Token budget per batch (padded), or null to batch by ``batch_size`` only.
         buffer_size: Shuffle buffer; batches are length-bucketed inside it. Larger: less padding, slower start.
@@ -99,7 +102,7 @@ class SentimentData(StreamDataModule):
                 return None
             faults.skip("truncated", where, f"{len(ids)} > max_length {self.max_length}")
             ids = ids[: self.max_length]
-        return ids, label
+        return (ids, label, text) if self.tokenizer.sample_alpha else (ids, label)
 
     def encode_many(self, records: list[dict], faults: FaultCounter) -> list[tuple[list[int], int] | None]:
         """A buffer at once: labels checked per record, then one sentencepiece call for all the texts."""
@@ -117,7 +120,13 @@ class SentimentData(StreamDataModule):
                 keep.append((i, label))
                 texts.append(text)
         longest = self.max_length
-        for (i, label), ids in zip(keep, self.tokenizer.encode_many(texts), strict=True):
+        # with subword sampling an example keeps its text, segmented again (sampled) each time it is batched
+        sampled = bool(self.tokenizer.sample_alpha)
+
+        def extra(text: str) -> tuple:
+            return (text,) if sampled else ()
+
+        for j, ((i, label), ids) in enumerate(zip(keep, self.tokenizer.encode_many(texts), strict=True)):
             if not ids:
                 faults.skip("empty", records[i]["_where"])
             elif len(ids) > longest:
@@ -125,18 +134,38 @@ class SentimentData(StreamDataModule):
                     faults.skip("too_long", records[i]["_where"], f"{len(ids)} > max_length {longest}")
                 else:
                     faults.skip("truncated", records[i]["_where"], f"{len(ids)} > max_length {longest}")
-                    out[i] = (ids[:longest], label)
+                    out[i] = (ids[:longest], label, *extra(texts[j]))
             else:
-                out[i] = (ids, label)
+                out[i] = (ids, label, *extra(texts[j]))
         return out
 
     def length(self, example: tuple[list[int], int]) -> int:
         return len(example[0])
 
-    def collate(self, examples: list[tuple[list[int], int]]) -> dict:
-        tokens, lengths = pad_batch([ids for ids, _ in examples])
+    def _stream(self, source: Source, shuffle: bool) -> BatchStream:
+        stream = super()._stream(source, shuffle)
+        if shuffle and self.tokenizer.sample_alpha:  # the training stream (the only shuffled one)
+            stream.collate = self.collate_sampled
+        return stream
+
+    def collate_sampled(self, examples: list[tuple]) -> dict:
+        """``collate`` with each text segmented by sampling. The seed is a hash of the batch's texts, so a batch
+        rebuilt on resume gets the same pieces, and a sentence batched with others next epoch gets new ones. A
+        sampled segmentation longer than ``max_length`` falls back to the example's best one (already checked)."""
+        texts = [example[2] for example in examples]
+        seed = zlib.crc32("\n".join(texts).encode())
+        sampled = self.tokenizer.encode_sampled(texts, seed)
+        return self.collate(
+            [
+                (ids if 0 < len(ids) <= self.max_length else example[0], example[1])
+                for ids, example in zip(sampled, examples, strict=True)
+            ]
+        )
+
+    def collate(self, examples: list[tuple]) -> dict:
+        tokens, lengths = pad_batch([example[0] for example in examples])
         n_real = int(lengths.sum())
-        labels = np.fromiter((label for _, label in examples), dtype=np.int64, count=len(examples))
+        labels = np.fromiter((example[1] for example in examples), dtype=np.int64, count=len(examples))
         return {
             "tokens": tokens,  # (B, T)
             "lengths": lengths,  # (B,)
