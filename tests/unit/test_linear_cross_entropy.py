@@ -22,13 +22,14 @@ def inputs(n: int = 300, o: int = 24, v: int = 500, seed: int = 0):
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize(
-    "chunk_logits", [500 * 7, 1 << 20]
-)  # chunks of 7 rows (a ragged last one), or one chunk
-def test_matches_linear_then_cross_entropy_in_fp32(smoothing, chunk_logits):
+    ("chunk_logits", "group_logits"),
+    [(500 * 7, 1), (500 * 7, 500 * 7 * 4), (1 << 20, 1 << 23)],
+)  # chunks of 7 rows (a ragged last one), each its own dW GEMM or 4 to a GEMM (a ragged last group); or one chunk
+def test_matches_linear_then_cross_entropy_in_fp32(smoothing, chunk_logits, group_logits):
     h, w, b, y = inputs()
     want = F.cross_entropy(F.linear(h, w, b), y, ignore_index=0, label_smoothing=smoothing, reduction="sum")
     want_grads = torch.autograd.grad(want * 0.5, (h, w, b))
-    got = linear_cross_entropy(h, w, b, y, 0, smoothing, chunk_logits=chunk_logits)
+    got = linear_cross_entropy(h, w, b, y, 0, smoothing, chunk_logits=chunk_logits, group_logits=group_logits)
     got_grads = torch.autograd.grad(got * 0.5, (h, w, b))  # the incoming gradient scales the saved ones
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-3)
     for g, r in zip(got_grads, want_grads, strict=True):
