@@ -21,6 +21,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from pipeline.models.loop_weights import LoopBmm
+
 Kind = Literal["dot", "general", "additive"]
 
 
@@ -72,16 +74,20 @@ class Attention(nn.Module):
     def forward(
         self, query: torch.Tensor, keys: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Attend with queries (B, T, Q) over memory (B, S, M); ``mask`` (B, S) is True on real positions.
+        """Attend with queries (B, T, Q) over memory (B, S, M); ``mask`` (B, S) is True on real positions. In a
+        decoder loop, ``keys`` and ``memory`` may be :class:`LoopBmm` wrappers of the same tensors (T = 1).
 
         Returns context (B, T, M) and weights (B, T, S) (rows sum to 1 over the real positions, 0 on pads).
         """
         if self.kind == "additive":
             # (B, T, 1, A) + (B, 1, S, A) -> (B, T, S, A) -> (B, T, S)
             scores = self.v(torch.tanh(self.w_q(query).unsqueeze(2) + keys.unsqueeze(1))).squeeze(-1)
+        elif isinstance(keys, LoopBmm):  # a decoder loop's step (T = 1): keys' gradient summed after the loop
+            scores = keys(query)
         else:
             scores = torch.bmm(query, keys)  # (B, T, Q) x (B, Q, S) -> (B, T, S)
         scores = scores.float().masked_fill(~mask[:, None, :], float("-inf"))
         weights = torch.softmax(scores, dim=-1)  # float32 softmax also under bf16 autocast
-        context = torch.bmm(weights.to(memory.dtype), memory)  # (B, T, M)
+        low = weights.to(memory.dtype)
+        context = memory(low) if isinstance(memory, LoopBmm) else torch.bmm(low, memory)  # (B, T, M)
         return context, weights

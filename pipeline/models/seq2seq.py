@@ -26,7 +26,7 @@ from torch import nn
 
 from pipeline.models.attention import Attention, Kind, source_mask
 from pipeline.models.linear_cross_entropy import linear_cross_entropy
-from pipeline.models.loop_weights import LoopLinear, LoopRNN
+from pipeline.models.loop_weights import LoopBmm, LoopLinear, LoopRNN
 from pipeline.models.recurrent import Cell, make_rnn, run_packed
 
 
@@ -226,6 +226,8 @@ class Seq2Seq(nn.Module):
             rnn = LoopRNN(self.decoder, low, ahead=emb.size(-1))
             loop = (rnn, LoopLinear.of(self.combine, low))
             emb = rnn.project(emb)  # (B, T, gates * H): every step's embedding through W_ih in one GEMM
+            if self.attention.kind != "additive":  # keys' and memory's gradients: one bmm each after the loop
+                memory = memory | {"keys": LoopBmm(memory["keys"]), "memory": LoopBmm(memory["memory"])}
         # unbind, not emb[:, t]: each indexing's backward would write its step into a zeroed (B, T, .) tensor, T
         # times over; unbind's backward stacks the T step gradients once
         for x in emb.unbind(1):

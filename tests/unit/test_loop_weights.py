@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.models.loop_weights import LoopLinear, LoopRNN
+from pipeline.models.loop_weights import LoopBmm, LoopLinear, LoopRNN
 from pipeline.models.seq2seq import Seq2Seq
 
 
@@ -47,6 +47,22 @@ def test_a_shared_linear_gradient_is_the_sum_over_steps():
     sum(layer(x).tanh().sum() for x in xs).backward()
     torch.testing.assert_close(got[0], layer.weight.grad)
     torch.testing.assert_close(got[1], layer.bias.grad)
+
+
+def test_a_memory_read_at_every_step_gets_the_sum_over_steps_as_its_gradient():
+    torch.manual_seed(0)
+    m = torch.randn(3, 5, 7, requires_grad=True)  # (B, K, N): attention keys or memory
+    queries = [torch.randn(3, 1, 5, requires_grad=True) for _ in range(4)]  # (B, 1, K) per step
+    loop = LoopBmm(m)
+    sum(loop(q).tanh().sum() for q in queries).backward()
+    got = m.grad.clone(), [q.grad.clone() for q in queries]
+    m.grad = None
+    for q in queries:
+        q.grad = None
+    sum(torch.bmm(q, m).tanh().sum() for q in queries).backward()
+    torch.testing.assert_close(got[0], m.grad)  # one bmm over the steps = the per-step outer products summed
+    for g, q in zip(got[1], queries, strict=True):
+        torch.testing.assert_close(g, q.grad)
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
