@@ -53,8 +53,9 @@ PROBE = re.compile(r"threads measured over .*: using (\d+)")
 
 
 def cpu() -> str:
-    flags = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.split("Flags:", 1)[-1]
-    return f"{cpu_name()}, {os.cpu_count()} cores{', avx512_bf16' if 'avx512_bf16' in flags else ''}"
+    flags = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.split("Flags:", 1)[-1].split()
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]  # what decides bf16's speed here
+    return f"{cpu_name()}, {os.cpu_count()} cores" + "".join(f", {f}" for f in bf16)
 
 
 def load() -> float:
