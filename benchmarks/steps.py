@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.cli import PipelineCLI
+from pipeline.tasks.ema import WeightEMA
 from pipeline.tasks.tbptt import TBPTTTask, truncated_bptt
 from pipeline.training.resume import reseed
 
@@ -138,6 +139,8 @@ def run_plain(cli: PipelineCLI, steps: int, warmup: int, precision: str, n_losse
     task.to(device).train()
     optimizer = task.optimizer_factory(task.parameters())
     scheduler = task.scheduler_factory(optimizer) if task.scheduler_factory else None
+    if task.ema_decay is not None:  # the task makes its EMA when fit starts; the plain loop keeps one as well
+        task.ema = WeightEMA(task, task.ema_decay)
     # as Lightning does: no cache of bf16 weight copies. With the cache, a weight used at every step of a decoder
     # loop is cast once, and its gradient is summed over time steps in bf16 before it reaches the fp32 weight; here
     # each step's gradient reaches the fp32 weight on its own (translation's first gradients differed by up to 1e-3).
@@ -160,6 +163,8 @@ def run_plain(cli: PipelineCLI, steps: int, warmup: int, precision: str, n_losse
         if task.clip_norm is not None:
             torch.nn.utils.clip_grads_with_norm_(task.parameters(), task.clip_norm, norm)
         optimizer.step()
+        if task.ema is not None:  # as the task does: part of the training the config asks for
+            task.ema.update(task)
         if scheduler is not None:
             scheduler.step()
         return True

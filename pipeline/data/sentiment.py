@@ -149,9 +149,9 @@ class SentimentData(StreamDataModule):
         return stream
 
     def collate_sampled(self, examples: list[tuple]) -> dict:
-        """``collate`` with each text segmented by sampling. The seed is a hash of the batch's texts, so a batch
-        rebuilt on resume gets the same pieces, and a sentence batched with others next epoch gets new ones. A
-        sampled segmentation longer than ``max_length`` falls back to the example's best one (already checked)."""
+        """``collate`` with each text segmented by sampling (seeded by a hash of the batch's texts; the draws are
+        still not reproducible across processes, see ``Tokenizer.encode_sampled``). A sampled segmentation longer
+        than ``max_length`` falls back to the example's best one (already checked)."""
         texts = [example[2] for example in examples]
         seed = zlib.crc32("\n".join(texts).encode())
         sampled = self.tokenizer.encode_sampled(texts, seed)

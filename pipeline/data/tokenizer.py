@@ -175,10 +175,11 @@ class Tokenizer:
         return self.sp.encode(texts) if texts else []
 
     def encode_sampled(self, texts: list[str], seed: int) -> list[list[int]]:
-        """Texts -> one sampled segmentation each (``sample_alpha``), the same for the same ``seed``.
+        """Texts -> one sampled segmentation each (``sample_alpha``).
 
-        sentencepiece draws from one generator per process, re-seeded here; one thread, so that the draws do not
-        depend on how its thread pool splits the list."""
+        The seed is handed to sentencepiece, but its generators live in C++ globals that a forked DataLoader worker
+        does not reliably re-seed, so the draws are not reproducible: a resumed run gets the same examples in the
+        same batches, segmented by other draws."""
         if not texts:
             return []
         spm.set_random_generator_seed(seed)
