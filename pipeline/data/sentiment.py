@@ -122,11 +122,9 @@ class SentimentData(StreamDataModule):
         longest = self.max_length
         # with subword sampling an example keeps its text, segmented again (sampled) each time it is batched
         sampled = bool(self.tokenizer.sample_alpha)
-
-        def extra(text: str) -> tuple:
-            return (text,) if sampled else ()
-
-        for j, ((i, label), ids) in enumerate(zip(keep, self.tokenizer.encode_many(texts), strict=True)):
+        encoded = self.tokenizer.encode_many(texts)
+        for (i, label), text, ids in zip(keep, texts, encoded, strict=True):
+            tail = (text,) if sampled else ()
             if not ids:
                 faults.skip("empty", records[i]["_where"])
             elif len(ids) > longest:
@@ -134,9 +132,9 @@ class SentimentData(StreamDataModule):
                     faults.skip("too_long", records[i]["_where"], f"{len(ids)} > max_length {longest}")
                 else:
                     faults.skip("truncated", records[i]["_where"], f"{len(ids)} > max_length {longest}")
-                    out[i] = (ids[:longest], label, *extra(texts[j]))
+                    out[i] = (ids[:longest], label, *tail)
             else:
-                out[i] = (ids, label, *extra(texts[j]))
+                out[i] = (ids, label, *tail)
         return out
 
     def length(self, example: tuple[list[int], int]) -> int:
