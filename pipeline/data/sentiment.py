@@ -122,9 +122,11 @@ class SentimentData(StreamDataModule):
         longest = self.max_length
         # with subword sampling an example keeps its text, segmented again (sampled) each time it is batched
         sampled = bool(self.tokenizer.sample_alpha)
-        encoded = self.tokenizer.encode_many(texts)
-        for (i, label), text, ids in zip(keep, texts, encoded, strict=True):
-            tail = (text,) if sampled else ()
+
+        def extra(text: str) -> tuple:
+            return (text,) if sampled else ()
+
+        for j, ((i, label), ids) in enumerate(zip(keep, self.tokenizer.encode_many(texts), strict=True)):
             if not ids:
                 faults.skip("empty", records[i]["_where"])
             elif len(ids) > longest:
@@ -132,9 +134,9 @@ class SentimentData(StreamDataModule):
                     faults.skip("too_long", records[i]["_where"], f"{len(ids)} > max_length {longest}")
                 else:
                     faults.skip("truncated", records[i]["_where"], f"{len(ids)} > max_length {longest}")
-                    out[i] = (ids[:longest], label, *tail)
+                    out[i] = (ids[:longest], label, *extra(texts[j]))
             else:
-                out[i] = (ids, label, *tail)
+                out[i] = (ids, label, *extra(texts[j]))
         return out
 
     def length(self, example: tuple[list[int], int]) -> int:
