@@ -49,7 +49,7 @@ def linear_cross_entropy(
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, target, ignore_index, smoothing, chunk, compute):  # noqa: PLR0913
+    def forward(ctx, hidden, weight, bias, target, ignore_index, smoothing, sizes, compute):  # noqa: PLR0913
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = bias is not None and ctx.needs_input_grad[2]
         grads = need_h or need_w or need_b
@@ -62,7 +62,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             dw_t = torch.zeros(w_t.shape, dtype=torch.float32, device=w.device) if need_w else None  # (O, V)
             db = torch.zeros(vocab, dtype=torch.float32, device=w.device) if need_b else None  # (V,)
             total = torch.zeros((), dtype=torch.float32, device=h.device)
-            chunk, group = chunk
+            chunk, group = sizes  # rows per chunk, rows per dW GEMM (a whole number of chunks)
             # dW from a group of chunks at once: their gradients are written (low dtype) into one buffer and a single
             # (O, rows) x (rows, V) GEMM sums them in fp32 inside it. Per chunk, the bf16 product's conversion for
             # the fp32 add cost as much as the GEMM (Xeon with AMX, 1 thread: 70 ms of a 1.7 s translation step).

@@ -70,6 +70,7 @@ class SequenceTask(pl.LightningModule):
         self._window = [0.0, 0, 0]  # seconds, tokens, examples since the last logged throughput
         self._pad = [0.0, 0]  # sum and count of the padding fraction this epoch
         self._loss_sum, self._loss_n = torch.zeros(()), 0  # n-weighted training loss this epoch
+        self._registered: set[str] = set()  # epoch metrics handed to self.log this epoch (log_train_accuracy)
 
     def on_fit_start(self) -> None:
         if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
@@ -159,6 +160,21 @@ class SequenceTask(pl.LightningModule):
             return True
 
     # --- shared logging ---------------------------------------------------------------------------------------
+    def log_train_accuracy(
+        self, name: str, metric, logits: torch.Tensor, labels: torch.Tensor, n: int, ignore: int | None = None
+    ) -> None:
+        """``{name}_epoch`` from ``metric`` (only accumulated per batch: calling it would also compute a per-batch
+        value every step) and ``{name}_step`` computed on the logged batches only. ``ignore``: a label to leave out."""
+        metric.update(logits, labels)
+        if name not in self._registered:  # once an epoch is enough: the metric is computed at the epoch end
+            self.log(f"{name}_epoch", metric, on_step=False, on_epoch=True, batch_size=n)
+            self._registered.add(name)
+        if self.logging_step():
+            hit = logits.detach().argmax(-1) == labels
+            if ignore is not None:
+                hit = hit[labels != ignore]
+            self.log(f"{name}_step", hit.float().mean(), on_step=True, on_epoch=False, batch_size=n)
+
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
         # Throughput over the batches since the last logged one: the wall time of each step, data wait included,
         # from the end of the previous batch (or of a validation) to the end of this one.
@@ -196,6 +212,7 @@ class SequenceTask(pl.LightningModule):
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
 
     def on_train_epoch_start(self) -> None:
+        self._registered = set()
         self._tick = None  # the first batch of an epoch waits for the stream to start: not counted
         self._window, self._pad = [0.0, 0, 0], [0.0, 0]
         self._loss_sum, self._loss_n = torch.zeros(()), 0

@@ -40,7 +40,6 @@ class SentimentTask(SequenceTask):
         # (a torch.unique each) are only overhead
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self._acc_registered = False
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.network(tokens, lengths)
@@ -50,23 +49,11 @@ class SentimentTask(SequenceTask):
         loss = F.cross_entropy(logits, batch["labels"]) * batch["weight"]
         self.optimizer_step_on(loss)
         if batch["weight"]:
-            # update() only accumulates; calling the metric would also compute a per-batch value every step
-            preds = logits.detach().argmax(-1)
-            self.train_acc.update(preds, batch["labels"])
-            if not self._acc_registered:  # once an epoch is enough: the metric is computed at the epoch end
-                self.log(
-                    "train/acc_epoch", self.train_acc, on_step=False, on_epoch=True, batch_size=len(preds)
-                )
-                self._acc_registered = True
-            if self.logging_step():
-                accuracy = (preds == batch["labels"]).float().mean()
-                self.log("train/acc_step", accuracy, on_step=True, on_epoch=False)
+            self.log_train_accuracy(
+                "train/acc", self.train_acc, logits.detach(), batch["labels"], len(logits)
+            )
         self.log_train_loss(loss, len(batch["labels"]))
         return loss.detach()
-
-    def on_train_epoch_start(self) -> None:
-        super().on_train_epoch_start()
-        self._acc_registered = False
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(batch["tokens"], batch["lengths"])

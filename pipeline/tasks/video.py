@@ -120,7 +120,6 @@ class VideoTask(TBPTTTask):
         self._batch_start: float | None = None
         self._batch_end: float | None = None
         self._window_logits: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
-        self._registered: set[str] = set()  # epoch metrics handed to self.log this epoch
 
     def forward(self, frames: torch.Tensor, lengths: torch.Tensor):
         return self.network(frames, lengths)
@@ -179,24 +178,19 @@ class VideoTask(TBPTTTask):
             # clip logits (B, K) in the order of rows, each from the window its clip ends in
             rows = torch.cat([ends for ends, _, _ in windows])
             clip = torch.cat([c for _, c, _ in windows if c is not None])
-            # update() only accumulates (the epoch value); a step value is computed on logged batches only: calling
-            # the metric and self.log on every batch cost ~3% of a step against the plain loop (roofline.py)
-            pairs = [("train/acc", self.train_acc, clip, batch["labels"][rows])]
+            # calling the metrics and self.log on every batch cost ~3% of a step against the plain loop (roofline.py)
+            self.log_train_accuracy("train/acc", self.train_acc, clip, batch["labels"][rows], n)
             frame_labels = batch.get("frame_labels")
             if windows[0][2] is not None and frame_labels is not None:
                 frame = torch.cat([f for _, _, f in windows], dim=1)  # (B, T, K_frame)
-                pairs.append(
-                    ("train/frame_acc", self.train_frame_acc, frame.flatten(0, 1), frame_labels.flatten())
+                self.log_train_accuracy(
+                    "train/frame_acc",
+                    self.train_frame_acc,
+                    frame.flatten(0, 1),
+                    frame_labels.flatten(),
+                    n,
+                    IGNORE,
                 )
-            for name, metric, logits, labels in pairs:
-                metric.update(logits, labels)
-                if name not in self._registered:  # once an epoch: the metric is computed at the epoch end
-                    self.log(f"{name}_epoch", metric, on_step=False, on_epoch=True, batch_size=n)
-                    self._registered.add(name)
-                if self.logging_step():
-                    real = labels != IGNORE  # frames past a clip's end carry no label
-                    value = (logits.detach().argmax(-1) == labels)[real].float().mean()
-                    self.log(f"{name}_step", value, on_step=True, on_epoch=False, batch_size=n)
         self.log_train_loss(loss, n)
         if batch.get("decode_s") and self.logging_step():
             self.log(
@@ -245,7 +239,6 @@ class VideoTask(TBPTTTask):
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
         self._batch_end = None
-        self._registered: set[str] = set()  # epoch metrics handed to self.log this epoch
 
     # --- pictures for the tracking run ------------------------------------------------------------------------
     def _wandb(self) -> WandbLogger | None:
