@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import zlib
 from typing import Literal
@@ -102,10 +103,20 @@ class SentimentData(StreamDataModule):
                 return None
             faults.skip("truncated", where, f"{len(ids)} > max_length {self.max_length}")
             ids = ids[: self.max_length]
-        return (ids, label, text) if self.tokenizer.sample_alpha else (ids, label)
+        return (ids, label)
 
-    def encode_many(self, records: list[dict], faults: FaultCounter) -> list[tuple[list[int], int] | None]:
-        """A buffer at once: labels checked per record, then one sentencepiece call for all the texts."""
+    def encode_many(
+        self, records: list[dict], faults: FaultCounter, sampled: int | None = None
+    ) -> list[tuple[list[int], int] | None]:
+        """A buffer at once: labels checked per record, then one sentencepiece call for all the texts.
+
+        ``sampled``, the epoch (the training stream with ``tokenizer.sample_alpha``): each text gets a sampled
+        segmentation, drawn here, before the buffer is length-bucketed, so that batches are bucketed by the lengths
+        they are trained with (bucketed by the best segmentation's lengths, sampled batches were 31% padding
+        against 1%). The draws are seeded by the epoch and the buffer's texts: a resumed run re-reads the same
+        buffer and draws the same pieces, and every epoch draws new ones. A sampled segmentation that is empty or
+        longer than ``max_length`` falls back to the best one, checked as usual.
+        """
         column, labels, index = self.text_column, self.label_column, self.label_index
         out: list = [None] * len(records)
         keep, texts = [], []
@@ -120,13 +131,15 @@ class SentimentData(StreamDataModule):
                 keep.append((i, label))
                 texts.append(text)
         longest = self.max_length
-        # with subword sampling an example keeps its text, segmented again (sampled) each time it is batched
-        sampled = bool(self.tokenizer.sample_alpha)
-
-        def extra(text: str) -> tuple:
-            return (text,) if sampled else ()
-
-        for j, ((i, label), ids) in enumerate(zip(keep, self.tokenizer.encode_many(texts), strict=True)):
+        if sampled is not None and texts:
+            seed = zlib.crc32("\n".join([str(sampled), *texts]).encode())
+            encoded = self.tokenizer.encode_sampled(texts, seed)
+            redo = [j for j, ids in enumerate(encoded) if not 0 < len(ids) <= longest]
+            for j, ids in zip(redo, self.tokenizer.encode_many([texts[j] for j in redo]), strict=True):
+                encoded[j] = ids
+        else:
+            encoded = self.tokenizer.encode_many(texts)
+        for (i, label), ids in zip(keep, encoded, strict=True):
             if not ids:
                 faults.skip("empty", records[i]["_where"])
             elif len(ids) > longest:
@@ -134,9 +147,9 @@ class SentimentData(StreamDataModule):
                     faults.skip("too_long", records[i]["_where"], f"{len(ids)} > max_length {longest}")
                 else:
                     faults.skip("truncated", records[i]["_where"], f"{len(ids)} > max_length {longest}")
-                    out[i] = (ids[:longest], label, *extra(texts[j]))
+                    out[i] = (ids[:longest], label)
             else:
-                out[i] = (ids, label, *extra(texts[j]))
+                out[i] = (ids, label)
         return out
 
     def length(self, example: tuple[list[int], int]) -> int:
@@ -145,22 +158,11 @@ class SentimentData(StreamDataModule):
     def _stream(self, source: Source, shuffle: bool) -> BatchStream:
         stream = super()._stream(source, shuffle)
         if shuffle and self.tokenizer.sample_alpha:  # the training stream (the only shuffled one)
-            stream.collate = self.collate_sampled
+            stream.encode_many = functools.partial(self._encode_sampled, stream)
         return stream
 
-    def collate_sampled(self, examples: list[tuple]) -> dict:
-        """``collate`` with each text segmented by sampling (seeded by a hash of the batch's texts; the draws are
-        still not reproducible across processes, see ``Tokenizer.encode_sampled``). A sampled segmentation longer
-        than ``max_length`` falls back to the example's best one (already checked)."""
-        texts = [example[2] for example in examples]
-        seed = zlib.crc32("\n".join(texts).encode())
-        sampled = self.tokenizer.encode_sampled(texts, seed)
-        return self.collate(
-            [
-                (ids if 0 < len(ids) <= self.max_length else example[0], example[1])
-                for ids, example in zip(sampled, examples, strict=True)
-            ]
-        )
+    def _encode_sampled(self, stream: BatchStream, records: list[dict], faults: FaultCounter) -> list:
+        return self.encode_many(records, faults, sampled=stream.epoch)
 
     def collate(self, examples: list[tuple]) -> dict:
         tokens, lengths = pad_batch([example[0] for example in examples])

@@ -46,7 +46,7 @@ class Tokenizer:
         character_coverage: Share of characters covered by the vocabulary; rarer ones map to ``unk``.
         model_path: Use this trained ``.model`` file instead of training one.
         sample_alpha: Subword regularization (Kudo, 2018) for data modules that support it (sentiment): training texts
-            are segmented anew each time they are batched, sampled from all segmentations (unigram: smoothing of
+            are segmented anew each time they are read (every epoch), sampled from all segmentations (unigram: smoothing of
             the lattice's probabilities, 0.1-0.5 usual, lower is more varied; bpe: the BPE-dropout rate). 0: off,
             the one best segmentation everywhere. Validation and prediction always use the best segmentation.
     """
@@ -175,11 +175,11 @@ class Tokenizer:
         return self.sp.encode(texts) if texts else []
 
     def encode_sampled(self, texts: list[str], seed: int) -> list[list[int]]:
-        """Texts -> one sampled segmentation each (``sample_alpha``).
+        """Texts -> one sampled segmentation each (``sample_alpha``), drawn from ``seed``.
 
-        The seed is handed to sentencepiece, but its generators live in C++ globals that a forked DataLoader worker
-        does not reliably re-seed, so the draws are not reproducible: a resumed run gets the same examples in the
-        same batches, segmented by other draws."""
+        sentencepiece 0.2 re-seeds its generator on ``set_random_generator_seed``, so a seed gives the same draws in
+        the training process and in a DataLoader worker alike (tests/unit/test_subword_sampling.py checks it): the
+        caller derives the seed from what it encodes, and a resumed run draws again what it drew before."""
         if not texts:
             return []
         spm.set_random_generator_seed(seed)

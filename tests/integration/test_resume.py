@@ -93,6 +93,12 @@ def test_kill_mid_epoch_and_resume_with_two_workers(tmp_path):
     check_resume(tmp_path, kills=["14"], extra=("--data.init_args.num_workers", "2"))
 
 
+def test_kill_and_resume_with_subword_sampling_in_workers(tmp_path):
+    # the sampled segmentations are drawn again from the same seeds: the resumed run ends bit-identical too
+    sampling = ("--data.init_args.tokenizer.sample_alpha", "0.1", "--data.init_args.num_workers", "2")
+    check_resume(tmp_path, kills=["14"], extra=sampling)
+
+
 def test_two_consecutive_kill_and_resume_cycles(tmp_path):
     check_resume(tmp_path, kills=["10", "23"])
 
