@@ -22,6 +22,8 @@ class SequenceClassifier(nn.Module):
         cell: ``rnn`` (tanh), ``lstm`` or ``gru``.
         bidirectional: Also read the sentence right to left and concatenate both directions.
         dropout: Dropout on embeddings, between layers and before the head.
+        word_dropout: In training, the share of tokens whose whole embedding is zeroed (the sentence read without
+            those words), on top of ``dropout``'s per-unit noise: a regularizer for small corpora.
         pooling: How the per-step outputs become one vector: ``last`` (final state of each direction), ``mean`` or
             ``max`` over the real (non-pad) steps.
         packed: Skip the pads inside the RNN (packed sequences). ``false`` runs the padded batch as is: faster on a
@@ -39,6 +41,7 @@ class SequenceClassifier(nn.Module):
         cell: Cell = "lstm",
         bidirectional: bool = True,
         dropout: float = 0.0,
+        word_dropout: float = 0.0,
         pooling: Literal["last", "mean", "max"] = "max",
         packed: bool = True,
     ) -> None:
@@ -46,12 +49,18 @@ class SequenceClassifier(nn.Module):
         self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         self.rnn = make_rnn(cell, embedding_dim, hidden_size, num_layers, dropout, bidirectional)
         self.drop = nn.Dropout(dropout)
+        if not 0.0 <= word_dropout < 1.0:
+            raise ValueError(f"word_dropout is {word_dropout}; set it in [0, 1), e.g. 0.1, or 0 for none.")
+        self.word_dropout = word_dropout
         self.pooling, self.packed = pooling, packed
         self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), num_classes)
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """tokens (B, T), lengths (B,) -> logits (B, C)."""
         x = self.drop(self.embed(tokens))  # (B, T, E)
+        if self.training and self.word_dropout > 0:
+            keep = torch.rand(tokens.shape, device=tokens.device) >= self.word_dropout  # (B, T)
+            x = x * keep.unsqueeze(-1).to(x.dtype)  # no rescaling: a dropped word is absent, not compensated
         if self.packed:
             out, state = run_packed(self.rnn, x, lengths)  # out (B, T, D*H), zero at pads
         else:

@@ -63,3 +63,21 @@ def test_unpacked_mode_equals_packed_when_nothing_is_padded():
     tokens = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
     lengths = torch.tensor([4, 4])
     torch.testing.assert_close(packed(tokens, lengths), padded(tokens, lengths))
+
+
+def test_word_dropout_removes_whole_words_in_training_only():
+    torch.manual_seed(0)
+    net = SequenceClassifier(vocab_size=50, embedding_dim=8, hidden_size=6, word_dropout=0.5, packed=False)
+    tokens = torch.randint(1, 50, (4, 20))
+    lengths = torch.full((4,), 20)
+    seen = {}
+    net.rnn.register_forward_hook(lambda m, args, out: seen.update(x=args[0]))
+    net.train()
+    net(tokens, lengths)
+    zeroed = (seen["x"] == 0).all(-1)  # (B, T): the words read as absent
+    assert 0.3 < zeroed.float().mean() < 0.7  # about half the words, each as a whole vector
+    net.eval()
+    net(tokens, lengths)
+    assert not (seen["x"] == 0).all(-1).any()  # evaluation reads every word
+    with pytest.raises(ValueError, match="word_dropout is 1.0"):
+        SequenceClassifier(vocab_size=50, word_dropout=1.0)
