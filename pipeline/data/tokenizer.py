@@ -25,6 +25,7 @@ from typing import Literal
 import sentencepiece as spm
 
 from pipeline.data.faults import DataError
+from pipeline.data.subword_sampling import WordSampler
 
 log = logging.getLogger("pipeline.data")
 
@@ -46,9 +47,11 @@ class Tokenizer:
         character_coverage: Share of characters covered by the vocabulary; rarer ones map to ``unk``.
         model_path: Use this trained ``.model`` file instead of training one.
         sample_alpha: Subword regularization (Kudo, 2018) for data modules that support it (sentiment): training texts
-            are segmented anew each time they are read (every epoch), sampled from all segmentations (unigram: smoothing of
-            the lattice's probabilities, 0.1-0.5 usual, lower is more varied; bpe: the BPE-dropout rate). 0: off,
-            the one best segmentation everywhere. Validation and prediction always use the best segmentation.
+            are segmented anew each time they are read (every epoch), sampled from their segmentations. unigram: the
+            smoothing of the lattice's probabilities, 0.1-0.5 usual, lower is more varied; the draws are reproducible
+            from the seed. bpe: the BPE-dropout rate, by sentencepiece's own sampler, whose draws differ from process
+            to process. 0: off, the one best segmentation everywhere. Validation and prediction always use the best
+            segmentation.
     """
 
     vocab_size: int = 8000
@@ -58,6 +61,7 @@ class Tokenizer:
     model_path: str | None = None
     sample_alpha: float = 0.0
     _sp: spm.SentencePieceProcessor | None = field(default=None, init=False, repr=False, compare=False)
+    _sampler: WordSampler | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.sample_alpha < 0 or (self.sample_alpha and self.model_type not in ("unigram", "bpe")):
@@ -143,6 +147,7 @@ class Tokenizer:
     def load(self, path: str | Path) -> Path:
         self.model_path = str(path)
         self._sp = spm.SentencePieceProcessor(model_file=str(path))
+        self._sampler = None
         return Path(path)
 
     def save_to(self, folder: str | Path) -> Path:
@@ -177,11 +182,15 @@ class Tokenizer:
     def encode_sampled(self, texts: list[str], seed: int) -> list[list[int]]:
         """Texts -> one sampled segmentation each (``sample_alpha``), drawn from ``seed``.
 
-        sentencepiece 0.2 re-seeds its generator on ``set_random_generator_seed``, so a seed gives the same draws in
-        the training process and in a DataLoader worker alike (tests/unit/test_subword_sampling.py checks it): the
-        caller derives the seed from what it encodes, and a resumed run draws again what it drew before."""
+        unigram: word by word from our own generator (:mod:`pipeline.data.subword_sampling`), so a seed draws the
+        same pieces in any process and a resumed run draws again what it drew before. bpe (BPE-dropout):
+        sentencepiece's own sampler, whose draws differ from process to process even with the same seed."""
         if not texts:
             return []
+        if self.model_type == "unigram":
+            if self._sampler is None:
+                self._sampler = WordSampler(self.sp, self.sample_alpha)
+            return self._sampler.encode(texts, seed)
         spm.set_random_generator_seed(seed)
         return self.sp.encode(
             texts, enable_sampling=True, alpha=self.sample_alpha, nbest_size=-1, num_threads=1
@@ -194,4 +203,4 @@ class Tokenizer:
         return [self.sp.id_to_piece(int(i)) for i in ids]
 
     def __getstate__(self) -> dict:  # DataLoader workers get the path, not the C++ object
-        return {**self.__dict__, "_sp": None}
+        return {**self.__dict__, "_sp": None, "_sampler": None}
