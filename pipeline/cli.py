@@ -32,7 +32,7 @@ from pipeline.tasks.base import NonFiniteError
 from pipeline.training import hardware, rundir, startup_checks
 from pipeline.training.checkpoint_io import AtomicCheckpointIO
 from pipeline.training.preemption import Preemption, slurm_plugins
-from pipeline.training.progress import LogProgress
+from pipeline.training.progress import LogProgress, use_epoch_bar
 from pipeline.training.rendezvous import failure as rendezvous_failure
 from pipeline.training.resume import ResumeState
 from pipeline.training.trace import DataTrace
@@ -182,6 +182,7 @@ class PipelineCLI(LightningCLI):
         resume = ResumeState(seed=int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else 0)
         trainer.callbacks.insert(0, resume)
         startup_checks.install(trainer, self.mode)
+        use_epoch_bar(trainer)
         if self.mode == "fit" and not sys.stderr.isatty():
             trainer.callbacks.append(LogProgress())
         trace = DataTrace.from_env()

@@ -32,7 +32,9 @@ import sentencepiece as spm
 class WordSampler:
     """Sampled segmentations of texts, word by word, for a unigram sentencepiece model."""
 
-    def __init__(self, sp: spm.SentencePieceProcessor, alpha: float, nbest: int = 64, cache: int = 500_000) -> None:
+    def __init__(
+        self, sp: spm.SentencePieceProcessor, alpha: float, nbest: int = 64, cache: int = 500_000
+    ) -> None:
         self.sp, self.alpha, self.nbest, self.cache_size = sp, alpha, nbest, cache
         self.scores = [sp.get_score(i) for i in range(sp.get_piece_size())]  # log-probability of each piece
         self.cache: dict[str, tuple[list[list[int]], list[float]]] = {}
