@@ -124,6 +124,9 @@ class Preemption(pl.Callback):
             # a CPU side channel: a 1-element all-reduce per step that never waits on the GPU stream
             self._group = dist.new_group(backend="gloo")
         self._trainer = trainer
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and not getattr(logger, "_guarded", False):
+                _guard_wandb(logger, trainer)
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
         if restarts and trainer.is_global_zero:
             _say(f"SLURM job {slurm_job_id()} restart {restarts}")
@@ -244,6 +247,29 @@ def _leave() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _guard_wandb(logger: WandbLogger, trainer: pl.Trainer) -> None:
+    """A W&B call that fails on a lost connection to W&B's service takes W&B off the trainer, not the run down.
+
+    SLURM's SIGTERM reaches the service process as well; when it lands while rank 0 is inside a ``log_metrics``
+    call, that call fails (ConnectionResetError) before the step boundary where the SIGTERM is acted on, and the
+    rank crashed without its final checkpoint (a flaky cluster test, 2026-12-02). A service that dies for any other
+    reason should not end a training run either."""
+    inner = logger.log_metrics
+
+    def log_metrics(*args, **kwargs) -> None:
+        try:
+            inner(*args, **kwargs)
+        except (ConnectionError, BrokenPipeError, EOFError) as exc:
+            trainer.loggers = [lg for lg in trainer.loggers if lg is not logger]
+            _say(
+                f"W&B's service is gone ({type(exc).__name__}: stopped by a signal?); training goes on without "
+                f"W&B, and what W&B wrote so far stays in its run directory"
+            )
+
+    logger.log_metrics = log_metrics
+    logger._guarded = True
 
 
 def _finish_wandb(loggers: list) -> None:
