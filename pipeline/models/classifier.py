@@ -57,7 +57,12 @@ class SequenceClassifier(nn.Module):
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """tokens (B, T), lengths (B,) -> logits (B, C)."""
-        x = self.drop(self.embed(tokens))  # (B, T, E)
+        return self.classify(self.embed(tokens), tokens, lengths)
+
+    def classify(self, embedded: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The rest of :meth:`forward` from the token embeddings (B, T, E) on: a perturbation of the embeddings
+        (adversarial training, ``SentimentTask.adversarial_eps``) enters here."""
+        x = self.drop(embedded)  # (B, T, E)
         if self.training and self.word_dropout > 0:
             keep = torch.rand(tokens.shape, device=tokens.device) >= self.word_dropout  # (B, T)
             x = x * keep.unsqueeze(-1).to(x.dtype)  # no rescaling: a dropped word is absent, not compensated

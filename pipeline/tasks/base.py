@@ -104,10 +104,14 @@ class SequenceTask(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --- the one optimizer-step path --------------------------------------------------------------------------
-    def optimizer_step_on(self, loss: torch.Tensor) -> bool:
-        """Backpropagate ``loss``, check, clip and step. Returns False when the step was skipped as non-finite."""
+    def optimizer_step_on(self, loss: torch.Tensor, accumulate: bool = False) -> bool:
+        """Backpropagate ``loss``, check, clip and step. Returns False when the step was skipped as non-finite.
+
+        ``accumulate``: keep the gradients of a ``manual_backward`` the caller ran since the last step and add this
+        loss's to them (two passes, one step: ``SentimentTask.adversarial_eps``)."""
         opt = self.optimizers()
-        opt.zero_grad(set_to_none=True)
+        if not accumulate:
+            opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=loss.device)

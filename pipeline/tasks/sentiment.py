@@ -22,6 +22,10 @@ class SentimentTask(SequenceTask):
         clip_norm: Clip the global gradient norm to this value (null: no clipping); the norm before clipping is logged.
         max_nonfinite_steps: Stop after this many consecutive steps with a NaN/Inf loss or gradient norm.
         ema_decay: See :class:`pipeline.tasks.base.SequenceTask`.
+        adversarial_eps: Adversarial training on the embeddings (Miyato et al., 2017, "Adversarial Training Methods
+            for Semi-Supervised Text Classification"): each batch is also trained on its embeddings moved by this
+            L2 length per sentence in the direction that raises its loss most (the normalized gradient), and the two
+            losses' gradients are added. A regularizer; each step costs about twice as much. null: off.
     """
 
     def __init__(
@@ -32,9 +36,15 @@ class SentimentTask(SequenceTask):
         clip_norm: float | None = 1.0,
         max_nonfinite_steps: int = 10,
         ema_decay: float | None = None,
+        adversarial_eps: float | None = None,
     ) -> None:
         super().__init__(optimizer, scheduler, clip_norm, max_nonfinite_steps, ema_decay)
+        if adversarial_eps is not None and adversarial_eps <= 0:
+            raise ValueError(
+                f"model.adversarial_eps is {adversarial_eps}; set it above 0 (e.g. 1.0), or null."
+            )
         self.network = network
+        self.adversarial_eps = adversarial_eps
         num_classes = network.head.out_features
         # training predictions are argmaxes and the data checked every label: the per-step argument checks
         # (a torch.unique each) are only overhead
@@ -45,15 +55,37 @@ class SentimentTask(SequenceTask):
         return self.network(tokens, lengths)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits = self(batch["tokens"], batch["lengths"])  # (B, C)
-        loss = F.cross_entropy(logits, batch["labels"]) * batch["weight"]
-        self.optimizer_step_on(loss)
+        tokens, lengths, labels = batch["tokens"], batch["lengths"], batch["labels"]
+        if self.adversarial_eps is None:
+            logits = self(tokens, lengths)  # (B, C)
+            loss = F.cross_entropy(logits, labels) * batch["weight"]
+            self.optimizer_step_on(loss)
+        else:
+            # two forward-backward passes, one optimizer step: the clean batch's gradients, then the adversarial
+            # batch's added to them (under DDP each backward is all-reduced, so the sum is the global one)
+            self.optimizers().zero_grad(set_to_none=True)
+            embedded = self.network.embed(tokens)  # (B, T, E)
+            embedded.retain_grad()
+            logits = self.network.classify(embedded, tokens, lengths)
+            loss = F.cross_entropy(logits, labels) * batch["weight"]
+            self.manual_backward(loss)
+            shifted = self.network.embed(tokens) + self.adversarial_shift(embedded.grad, lengths)
+            adversarial = F.cross_entropy(self.network.classify(shifted, tokens, lengths), labels)
+            self.optimizer_step_on(adversarial * batch["weight"], accumulate=True)
         if batch["weight"]:
-            self.log_train_accuracy(
-                "train/acc", self.train_acc, logits.detach(), batch["labels"], len(logits)
-            )
-        self.log_train_loss(loss, len(batch["labels"]))
+            self.log_train_accuracy("train/acc", self.train_acc, logits.detach(), labels, len(logits))
+        self.log_train_loss(loss, len(labels))  # the clean loss: comparable with and without adversarial_eps
         return loss.detach()
+
+    def adversarial_shift(self, grad: torch.Tensor | None, lengths: torch.Tensor) -> torch.Tensor:
+        """The first-order worst-case move of the embeddings: ``grad`` (B, T, E) of the loss with respect to them,
+        scaled to L2 length ``adversarial_eps`` per sentence, zero at pads (B, T, E). A constant: no gradient."""
+        if grad is None:  # a zero-weight batch (DDP's padding) backpropagated nothing
+            return torch.zeros(())
+        real = torch.arange(grad.size(1), device=grad.device)[None, :] < lengths[:, None].to(grad.device)
+        grad = grad.float() * real.unsqueeze(-1)  # pads are not words: leave them alone
+        norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12)  # (B,)
+        return (self.adversarial_eps * grad / norm[:, None, None]).to(grad.dtype).detach()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(batch["tokens"], batch["lengths"])

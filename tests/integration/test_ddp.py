@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.conftest import cli_env, run_cli
@@ -9,7 +10,12 @@ from tests.conftest import cli_env, run_cli
 DEBUG = "configs/debug/sentiment.yaml"
 
 
-def test_two_ranks_see_disjoint_examples_covering_the_epoch_and_keep_identical_weights(tmp_path, runs):
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--model.init_args.adversarial_eps", "1.0"]],  # two backward passes, each all-reduced, per step
+    ids=["plain", "adversarial"],
+)
+def test_two_ranks_see_disjoint_examples_covering_the_epoch_and_keep_identical_weights(tmp_path, runs, extra):
     trace = tmp_path / "trace"
     env = cli_env(tmp_path, PIPELINE_TRACE=str(trace))
     run_cli(
@@ -30,6 +36,7 @@ def test_two_ranks_see_disjoint_examples_covering_the_epoch_and_keep_identical_w
         "-1",
         "--data.init_args.max_tokens",
         "300",
+        *extra,
         tmp_path=tmp_path,
         env=env,
     )

@@ -81,3 +81,29 @@ def test_word_dropout_removes_whole_words_in_training_only():
     assert not (seen["x"] == 0).all(-1).any()  # evaluation reads every word
     with pytest.raises(ValueError, match="word_dropout is 1.0"):
         SequenceClassifier(vocab_size=50, word_dropout=1.0)
+
+
+def test_adversarial_shift_has_length_eps_per_sentence_raises_the_loss_and_leaves_pads():
+    """SentimentTask.adversarial_eps: the second pass reads the embeddings moved by eps (L2, per sentence) along the
+    normalized gradient of the loss: the loss there is higher than the clean loss, and a pad is never moved."""
+    from pipeline.tasks.sentiment import SentimentTask
+
+    torch.manual_seed(0)
+    net = SequenceClassifier(vocab_size=50, embedding_dim=8, hidden_size=6, packed=False).eval()
+    task = SentimentTask(net, adversarial_eps=0.5)
+    tokens = torch.tensor([[5, 6, 7, 0], [8, 9, 10, 11], [12, 13, 0, 0]])
+    lengths, labels = torch.tensor([3, 4, 2]), torch.tensor([0, 1, 1])
+    embedded = net.embed(tokens)
+    embedded.retain_grad()
+    clean = torch.nn.functional.cross_entropy(net.classify(embedded, tokens, lengths), labels)
+    clean.backward()
+    shift = task.adversarial_shift(embedded.grad, lengths)  # (B, T, E)
+    torch.testing.assert_close(shift.flatten(1).norm(dim=1), torch.full((3,), 0.5))
+    assert (shift[0, 3] == 0).all() and (shift[2, 2:] == 0).all()
+    moved = torch.nn.functional.cross_entropy(net.classify(embedded + shift, tokens, lengths), labels)
+    noise = torch.randn_like(shift) * (shift != 0)  # a random move of the same length, for comparison
+    noise = 0.5 * noise / noise.flatten(1).norm(dim=1)[:, None, None]
+    randomly = torch.nn.functional.cross_entropy(net.classify(embedded + noise, tokens, lengths), labels)
+    assert moved > clean and moved - clean > 3 * abs(randomly - clean)
+    with pytest.raises(ValueError, match="adversarial_eps is -1.0; set it above 0"):
+        SentimentTask(net, adversarial_eps=-1.0)
