@@ -105,16 +105,10 @@ class VideoTask(TBPTTTask):
             network.head.out_features,
             network.frame_head.out_features if network.frame_head is not None else 0,
         )
-        # the training metrics skip their per-step argument checks (a torch.unique each): predictions are
-        # argmaxes and the data checked every label
-        self.train_acc, self.val_acc = (
-            MulticlassAccuracy(k, average="micro", validate_args=not train) for train in (True, False)
-        )
+        self.val_acc = MulticlassAccuracy(k, average="micro")
+        self.train_accuracy_names = ("train/acc", "train/frame_acc") if kf else ("train/acc",)
         if kf:
-            self.train_frame_acc, self.val_frame_acc = (
-                MulticlassAccuracy(kf, average="micro", ignore_index=IGNORE, validate_args=not train)
-                for train in (True, False)
-            )
+            self.val_frame_acc = MulticlassAccuracy(kf, average="micro", ignore_index=IGNORE)
         self.confusion = MulticlassConfusionMatrix(k)
         self._samples: list[dict] = []
         self._batch_start: float | None = None
@@ -179,17 +173,12 @@ class VideoTask(TBPTTTask):
             rows = torch.cat([ends for ends, _, _ in windows])
             clip = torch.cat([c for _, c, _ in windows if c is not None])
             # calling the metrics and self.log on every batch cost ~3% of a step against the plain loop (roofline.py)
-            self.log_train_accuracy("train/acc", self.train_acc, clip, batch["labels"][rows], n)
+            self.log_train_accuracy("train/acc", clip, batch["labels"][rows])
             frame_labels = batch.get("frame_labels")
             if windows[0][2] is not None and frame_labels is not None:
                 frame = torch.cat([f for _, _, f in windows], dim=1)  # (B, T, K_frame)
                 self.log_train_accuracy(
-                    "train/frame_acc",
-                    self.train_frame_acc,
-                    frame.flatten(0, 1),
-                    frame_labels.flatten(),
-                    n,
-                    IGNORE,
+                    "train/frame_acc", frame.flatten(0, 1), frame_labels.flatten(), IGNORE
                 )
         self.log_train_loss(loss, n)
         if batch.get("decode_s") and self.logging_step():
