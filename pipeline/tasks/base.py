@@ -122,9 +122,9 @@ class SequenceTask(pl.LightningModule):
         if not accumulate:
             opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        if self._step_params is None:  # a step outside fit (a test)
-            self._step_params = list(self.parameters())
-        with_grad = [p for p in self._step_params if p.grad is not None]
+        # outside fit (a test), the module's own parameters
+        params = self._step_params if self._step_params is not None else self.parameters()
+        with_grad = [p for p in params if p.grad is not None]
         grads = [p.grad for p in with_grad]
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=loss.device)
         # one number checks both (and, summed, every rank): a sum is finite exactly when its terms are, short of
@@ -195,8 +195,8 @@ class SequenceTask(pl.LightningModule):
             hits, count = (hit & keep).sum(), keep.sum()
         self._hits[name] = self._hits.get(name, 0) + hits
         self._seen[name] = self._seen.get(name, 0) + count
-        if self.logging_step():
-            acc = hits / max(count, 1) if ignore is None else hits / count.clamp_min(1)
+        if self.logging_step():  # int(count) syncs a device count: on the logged batches only
+            acc = hits / max(int(count), 1)
             self.log(f"{name}_step", acc.float(), on_step=True, on_epoch=False, batch_size=len(labels))
 
     def _log_train_accuracy_epoch(self) -> None:
