@@ -133,80 +133,143 @@ def plain_loss(task: pl.LightningModule, batch: dict) -> torch.Tensor:
     raise NotImplementedError(f"no plain loop for {name}")
 
 
-def run_plain(cli: PipelineCLI, steps: int, warmup: int, precision: str, n_losses: int = 50) -> dict:
-    """The same training as ``run_pipeline`` in a plain loop: one batch, forward, backward, clip, step."""
-    task, device = cli.model, torch.device("cuda" if torch.cuda.is_available() and _on_gpu(cli) else "cpu")
-    task.to(device).train()
-    optimizer = task.optimizer_factory(task.parameters())
-    scheduler = task.scheduler_factory(optimizer) if task.scheduler_factory else None
-    if task.ema_decay is not None:  # the task makes its EMA when fit starts; the plain loop keeps one as well
-        task.ema = WeightEMA(task, task.ema_decay)
-    # as Lightning does: no cache of bf16 weight copies. With the cache, a weight used at every step of a decoder
-    # loop is cast once, and its gradient is summed over time steps in bf16 before it reaches the fp32 weight; here
-    # each step's gradient reaches the fp32 weight on its own (translation's first gradients differed by up to 1e-3).
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
-        if precision.startswith("bf16")
-        else nullcontext()
-    )
-    losses: list[float] = []
-    taken = [0]  # optimizer steps, the unit of trainer.max_steps
+class PlainLoop:
+    """The same training as ``run_pipeline``, one batch per ``step()``: forward, backward, clip, optimizer step."""
 
-    def optimizer_step(loss: torch.Tensor) -> bool:
-        taken[0] += 1
-        if len(losses) < n_losses:
-            losses.append(float(loss.detach()))
-        optimizer.zero_grad(set_to_none=True)
+    def __init__(self, cli: PipelineCLI, precision: str, n_losses: int = 50) -> None:
+        task = cli.model
+        self.task, self.device = (
+            task,
+            torch.device("cuda" if torch.cuda.is_available() and _on_gpu(cli) else "cpu"),
+        )
+        task.to(self.device).train()
+        self.optimizer = task.optimizer_factory(task.parameters())
+        self.scheduler = task.scheduler_factory(self.optimizer) if task.scheduler_factory else None
+        if (
+            task.ema_decay is not None
+        ):  # the task makes its EMA when fit starts; the plain loop keeps one as well
+            task.ema = WeightEMA(task, task.ema_decay)
+        # as Lightning does: no cache of bf16 weight copies. With the cache, a weight used at every step of a decoder
+        # loop is cast once, and its gradient is summed over time steps in bf16 before it reaches the fp32 weight;
+        # here each step's gradient reaches the fp32 weight on its own (translation's first gradients differed by up
+        # to 1e-3).
+        self.autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
+            if precision.startswith("bf16")
+            else nullcontext()
+        )
+        self.losses: list[float] = []
+        self.n_losses = n_losses
+        self.taken = 0  # optimizer steps, the unit of trainer.max_steps
+        self.batch_idx, self.epoch, self.state = 0, 0, None
+        self.train_loader = cli.datamodule.train_dataloader()
+        self.train_loader.epoch_fn = lambda: (
+            self.epoch
+        )  # as the Trainer's current_epoch: each epoch its own order
+        self.loader: Iterator[dict] = iter(self.train_loader)
+
+    def close(self) -> None:
+        """Stop the loader's workers now, in this process: a forked worker of a later run that inherited this
+        iterator would otherwise try to at its exit ("AssertionError: can only test a child process")."""
+        self.loader = iter(())
+
+    def optimizer_step(self, loss: torch.Tensor) -> bool:
+        task = self.task
+        self.taken += 1
+        if len(self.losses) < self.n_losses:
+            self.losses.append(float(loss.detach()))
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grads = [p.grad for p in task.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads)
         if task.clip_norm is not None:
             torch.nn.utils.clip_grads_with_norm_(task.parameters(), task.clip_norm, norm)
-        optimizer.step()
+        self.optimizer.step()
         if task.ema is not None:  # as the task does: part of the training the config asks for
             task.ema.update(task)
-        if scheduler is not None:
-            scheduler.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
         return True
 
-    rows, state = [], None
-    epoch = [0]
-    train_loader = cli.datamodule.train_dataloader()
-    train_loader.epoch_fn = lambda: epoch[0]  # as the Trainer's current_epoch: each epoch its own order
-    loader: Iterator[dict] = iter(train_loader)
-    end = time.perf_counter()
-    for batch_idx in range(10**9):
-        if taken[0] >= steps:
-            break
-        batch = next(loader, None)
+    def step(self) -> tuple[float, float, int, int] | None:
+        """One batch: (data wait s, compute s, units, examples), or None when the data has run out."""
+        task, device = self.task, self.device
+        begin = time.perf_counter()
+        batch = next(self.loader, None)
         if batch is None:  # a new epoch, as Lightning starts one, so that both sides pay its start alike
-            epoch[0] += 1
-            loader, state = iter(train_loader), None
-            batch = next(loader, None)
+            self.epoch += 1
+            self.loader, self.state = iter(self.train_loader), None
+            batch = next(self.loader, None)
             if batch is None:
-                break
+                return None
         batch = to_device(batch, device)
-        reseed(SEED_BASE + batch_idx)
+        reseed(SEED_BASE + self.batch_idx)
+        self.batch_idx += 1
         start = time.perf_counter()
-        with autocast:
+        with self.autocast:
             if isinstance(task, TBPTTTask):
                 task._window_logits = []  # the video task collects window logits for its accuracy
-                state = truncated_bptt(
+                self.state = truncated_bptt(
                     lambda window, s, b=batch: task.window_loss(b, window, s),
                     task.time_steps(batch),
                     task.tbptt_steps,
-                    task.start_state(batch, state),
-                    lambda loss, window, b=batch: optimizer_step(loss * b["weight"]),
+                    task.start_state(batch, self.state),
+                    lambda loss, window, b=batch: self.optimizer_step(loss * b["weight"]),
                 )
-                state = state if task.carry_state else None
+                self.state = self.state if task.carry_state else None
             else:
-                optimizer_step(plain_loss(task, batch))
+                self.optimizer_step(plain_loss(task, batch))
         sync(device)
-        now = time.perf_counter()
-        if batch_idx >= warmup:
-            rows.append((start - end, now - start, batch_units(batch), batch_examples(batch)))
-        end = now
-    return summarize(rows) | {"losses": losses}
+        return start - begin, time.perf_counter() - start, batch_units(batch), batch_examples(batch)
+
+
+def run_plain(cli: PipelineCLI, steps: int, warmup: int, precision: str, n_losses: int = 50) -> dict:
+    """The same training as ``run_pipeline`` in a plain loop, ``steps`` optimizer steps."""
+    loop, rows = PlainLoop(cli, precision, n_losses), []
+    while loop.taken < steps:
+        row = loop.step()
+        if row is None:
+            break
+        if loop.batch_idx > warmup:
+            rows.append(row)
+    loop.close()
+    return summarize(rows) | {"losses": loop.losses}
+
+
+class Interleave(pl.Callback):
+    """One plain-loop batch after each pipeline batch, in the same process.
+
+    A machine whose speed drifts (±10% from one minute to the next on a shared VM) slows both sides alike, since they
+    alternate every few milliseconds; back-to-back runs of a minute each cannot resolve a 1% difference there.
+
+        pipeline batch k | plain batch k | pipeline batch k+1 | plain batch k+1 | ...
+        (StepTimer: wait, compute)  (its own row)  the plain batch's time is taken out of the pipeline's data wait
+    """
+
+    def __init__(self, loop: PlainLoop, timer: StepTimer, warmup: int) -> None:
+        self.loop, self.timer, self.warmup, self.rows = loop, timer, warmup, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        row = self.loop.step()
+        if row is not None and batch_idx >= self.warmup:
+            self.rows.append(row)
+        # the pipeline's next data wait starts now: Lightning's own work between batches stays on its side
+        self.timer._end = time.perf_counter()
+
+
+def run_interleaved(pipe: PipelineCLI, plain: PipelineCLI, warmup: int, precision: str) -> dict:
+    """``run_pipeline`` and ``run_plain`` batch by batch in turns; their summaries and the paired ratio."""
+    timer = StepTimer(warmup)
+    turns = Interleave(PlainLoop(plain, precision), timer, warmup)
+    pipe.trainer.callbacks.append(timer)
+    pipe.trainer.callbacks.append(turns)  # after the timer, whose clock it moves past the plain batch
+    losses = record_losses(pipe.model, 50)
+    pipe.trainer.fit(pipe.model, pipe.datamodule)
+    turns.loop.close()
+    return {
+        "pipeline": summarize(timer.rows) | {"losses": losses},
+        "plain": summarize(turns.rows) | {"losses": turns.loop.losses},
+    }
 
 
 def _on_gpu(cli: PipelineCLI) -> bool:
@@ -218,10 +281,19 @@ def initial_state(cli: PipelineCLI) -> dict:
 
 
 def compare(
-    cfg: str, runs: Path, *overrides: str, steps: int = 60, warmup: int = 10, rounds: int = 2
+    cfg: str,
+    runs: Path,
+    *overrides: str,
+    steps: int = 60,
+    warmup: int = 10,
+    rounds: int = 2,
+    interleave: bool = False,
 ) -> dict:
-    """Pipeline and plain loop back to back on the same config, ``rounds`` times in alternating order (AB, BA, ...)
-    so that a machine whose speed drifts favours neither; each side's speed is the median over its runs."""
+    """Pipeline and plain loop on the same config, ``rounds`` times; each side's speed is the median over its runs.
+
+    Back to back (the default): whole runs in alternating order (AB, BA, ...), so that a machine whose speed drifts
+    favours neither. ``interleave``: both sides in one process, a batch of each in turns (``run_interleaved``), so
+    that the drift cancels within each pair of batches; each round's ratio is then a measurement on its own."""
     # --threads auto times the first steps at several counts and keeps the fastest: do that once, untimed, and
     # run both sides at the count it chose, so that they compare at one thread count
     probe = build(cfg, runs / "probe", *overrides, steps=30)
@@ -231,14 +303,22 @@ def compare(
     start = None
     cli = None
     for r in range(rounds):
-        for side in ("pipeline", "plain") if r % 2 == 0 else ("plain", "pipeline"):
-            c = build(cfg, runs / f"{side}{r}", *overrides, steps=steps)
+        order = ("pipeline", "plain") if r % 2 == 0 else ("plain", "pipeline")
+        built = {side: build(cfg, runs / f"{side}{r}", *overrides, steps=steps) for side in order}
+        for c in built.values():
             if start is None:
                 start, precision = initial_state(c), str(c.trainer.precision)
             c.model.load_state_dict(start)
+        cli = built["pipeline"]
+        if interleave:
+            pair = run_interleaved(built["pipeline"], built["plain"], warmup, precision)
+            for side in order:
+                runs_of[side].append(pair[side])
+            continue
+        for side in order:
+            c = built[side]
             if side == "pipeline":
                 runs_of[side].append(run_pipeline(c, warmup))
-                cli = c
             else:
                 runs_of[side].append(run_plain(c, steps, warmup, precision))
     pipe, plain = runs_of["pipeline"][0], runs_of["plain"][0]
@@ -247,13 +327,25 @@ def compare(
         (abs(x - y) for x, y in zip(pipe["losses"][:n], plain["losses"][:n], strict=True)), default=None
     )
     speed = {side: statistics.median(x["units_per_s"] for x in v) for side, v in runs_of.items()}
+    paired = [
+        a["units_per_s"] / b["units_per_s"]
+        for a, b in zip(runs_of["pipeline"], runs_of["plain"], strict=True)
+        if b["units_per_s"]
+    ]
+    # interleaved, each round's ratio is a measurement on its own: their median; back to back, the two sides'
+    # medians are taken apart, since a round's two runs met different minutes of the machine
+    ratio = statistics.median(paired) if interleave and paired else None
+    if ratio is None and speed["plain"]:
+        ratio = speed["pipeline"] / speed["plain"]
     return {
         "precision": precision,
         "threads": torch.get_num_threads(),
         "pipeline": {k: v for k, v in pipe.items() if k != "losses"} | {"units_per_s": speed["pipeline"]},
         "plain": {k: v for k, v in plain.items() if k != "losses"} | {"units_per_s": speed["plain"]},
         "runs_units_per_s": {side: [x["units_per_s"] for x in v] for side, v in runs_of.items()},
-        "ratio": speed["pipeline"] / speed["plain"] if speed["plain"] else None,
+        "ratio": ratio,
+        "paired_ratios": paired,
+        "interleaved": interleave,
         "losses_compared": n,
         "max_loss_diff": diff,
         "cli": cli,
