@@ -28,6 +28,7 @@ import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 
 from pipeline.data.faults import KINDS
+from pipeline.tasks.direct_backward import direct_backward_ok
 from pipeline.tasks.ema import WeightEMA
 
 
@@ -62,6 +63,9 @@ class SequenceTask(pl.LightningModule):
         self.ema_decay = ema_decay
         self.ema: WeightEMA | None = None  # made when fit starts
         self._step_params: list[torch.nn.Parameter] | None = None  # set when fit starts
+        self._direct_backward = (
+            False  # loss.backward() in place of manual_backward (direct_backward.py); fit sets
+        )
         self._ema_resume: tuple[dict, int] | None = None  # (average, updates) of the checkpoint a fit resumes
         self.automatic_optimization = False
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -89,6 +93,7 @@ class SequenceTask(pl.LightningModule):
         # and load_state_dict change their data in place); walking the module tree twice a step cost ~0.3% of a
         # small model's step
         self._step_params = list(self.parameters())
+        self._direct_backward = direct_backward_ok(self.trainer, self)
         if self.ema_decay is not None:
             average, updates = self._ema_resume or (None, 0)
             self.ema = WeightEMA(self, self.ema_decay, start=average)
@@ -121,7 +126,7 @@ class SequenceTask(pl.LightningModule):
         opt = self.optimizers()
         if not accumulate:
             opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        self.backward_pass(loss)
         # outside fit (a test), the module's own parameters
         params = self._step_params if self._step_params is not None else self.parameters()
         with_grad = [p for p in params if p.grad is not None]
@@ -164,6 +169,13 @@ class SequenceTask(pl.LightningModule):
         if self.logging_step():
             self.log("train/lr", opt.param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=1)
         return True
+
+    def backward_pass(self, loss: torch.Tensor) -> None:
+        """``manual_backward(loss)``, or ``loss.backward()`` where the two do the same (``direct_backward.py``)."""
+        if self._direct_backward:
+            loss.backward()
+        else:
+            self.manual_backward(loss)
 
     def logging_step(self) -> bool:
         """Whether this batch's step metrics reach the logger (every ``trainer.log_every_n_steps`` batches).

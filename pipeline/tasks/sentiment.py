@@ -66,7 +66,7 @@ class SentimentTask(SequenceTask):
             embedded.retain_grad()
             logits = self.network.classify(embedded, tokens, lengths)
             loss = F.cross_entropy(logits, labels) * batch["weight"]
-            self.manual_backward(loss)
+            self.backward_pass(loss)
             shifted = self.network.embed(tokens) + self.adversarial_shift(embedded.grad, lengths)
             adversarial = F.cross_entropy(self.network.classify(shifted, tokens, lengths), labels)
             self.optimizer_step_on(adversarial * batch["weight"], accumulate=True)
