@@ -15,8 +15,9 @@ For each task it writes, to ``benchmarks/results/roofline.{json,md}``:
 - the pipeline's tokens/s over a plain PyTorch loop's (same network, weights, batches, optimizer; benchmarks/steps.py),
   and the largest difference between their first 50 losses. Whole runs back to back by default; with
   ``--interleave``, one process alternates a batch of each, so that a machine whose speed drifts from minute to
-  minute (a shared VM) slows both alike. On a 2-core Xeon VM whose speed drifted ±10%, the same code gave 0.923 and
-  0.969 back to back and 0.946-0.950 interleaved (median of three rounds each, 2026-12-03).
+  minute (a shared VM) slows both alike. On a 2-core Xeon VM whose speed drifted ±10% (2026-12-03), two back-to-back
+  measurements of one commit gave 0.923 and 0.969; interleaved, two of the next commit gave 0.950 and 0.946
+  (medians of three rounds each).
 """
 
 from __future__ import annotations
