@@ -69,3 +69,19 @@ def run_dir_of(proc: subprocess.CompletedProcess) -> Path:
 def runs(tmp_path: Path) -> Path:
     """A scratch ``--runs_dir``."""
     return tmp_path / "runs"
+
+
+def toy_sentiment_batches(n: int = 6, size: int = 8, length: int = 5, vocab: int = 30) -> list[dict]:
+    """``n`` seeded batches shaped as the sentiment data module yields them, for a task fit without a corpus."""
+    import torch  # here: most tests that import this module never build a tensor
+
+    g = torch.Generator().manual_seed(0)
+    return [
+        {
+            "tokens": torch.randint(1, vocab, (size, length), generator=g),
+            "lengths": torch.full((size,), length),
+            "labels": torch.randint(0, 2, (size,), generator=g),
+            "weight": 1.0,
+        }
+        for _ in range(n)
+    ]

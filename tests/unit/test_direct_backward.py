@@ -8,19 +8,7 @@ import torch
 
 from pipeline.models.classifier import SequenceClassifier
 from pipeline.tasks.sentiment import SentimentTask
-
-
-def _batches(n: int = 6, size: int = 8, length: int = 5, vocab: int = 30) -> list[dict]:
-    g = torch.Generator().manual_seed(0)
-    return [
-        {
-            "tokens": torch.randint(1, vocab, (size, length), generator=g),
-            "lengths": torch.full((size,), length),
-            "labels": torch.randint(0, 2, (size,), generator=g),
-            "weight": 1.0,
-        }
-        for _ in range(n)
-    ]
+from tests.conftest import toy_sentiment_batches
 
 
 class CountBackward(pl.Callback):
@@ -55,7 +43,7 @@ def _fit(*callbacks: pl.Callback) -> SentimentTask:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(task, train_dataloaders=torch.utils.data.DataLoader(_batches(), batch_size=None))
+    trainer.fit(task, train_dataloaders=torch.utils.data.DataLoader(toy_sentiment_batches(), batch_size=None))
     return task
 
 

@@ -9,19 +9,7 @@ import torch
 
 from pipeline.models.classifier import SequenceClassifier
 from pipeline.tasks.sentiment import SentimentTask
-
-
-def _batches(n: int = 6, size: int = 8, length: int = 5, vocab: int = 30) -> list[dict]:
-    g = torch.Generator().manual_seed(0)
-    return [
-        {
-            "tokens": torch.randint(1, vocab, (size, length), generator=g),
-            "lengths": torch.full((size,), length),
-            "labels": torch.randint(0, 2, (size,), generator=g),
-            "weight": 1.0,
-        }
-        for _ in range(n)
-    ]
+from tests.conftest import toy_sentiment_batches
 
 
 def _task() -> SentimentTask:
@@ -32,7 +20,7 @@ def _task() -> SentimentTask:
 
 
 def test_epoch_accuracy_counts_every_training_prediction_not_only_the_logged_steps(tmp_path):
-    task, data = _task(), _batches()
+    task, data = _task(), toy_sentiment_batches()
     trainer = pl.Trainer(
         max_epochs=1,
         logger=pl.loggers.CSVLogger(tmp_path),
