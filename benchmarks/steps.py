@@ -138,16 +138,13 @@ class PlainLoop:
 
     def __init__(self, cli: PipelineCLI, precision: str, n_losses: int = 50) -> None:
         task = cli.model
-        self.task, self.device = (
-            task,
-            torch.device("cuda" if torch.cuda.is_available() and _on_gpu(cli) else "cpu"),
-        )
+        self.task = task
+        self.device = torch.device("cuda" if torch.cuda.is_available() and _on_gpu(cli) else "cpu")
         task.to(self.device).train()
         self.optimizer = task.optimizer_factory(task.parameters())
         self.scheduler = task.scheduler_factory(self.optimizer) if task.scheduler_factory else None
-        if (
-            task.ema_decay is not None
-        ):  # the task makes its EMA when fit starts; the plain loop keeps one as well
+        # the task makes its EMA when fit starts; the plain loop keeps one as well
+        if task.ema_decay is not None:
             task.ema = WeightEMA(task, task.ema_decay)
         # as Lightning does: no cache of bf16 weight copies. With the cache, a weight used at every step of a decoder
         # loop is cast once, and its gradient is summed over time steps in bf16 before it reaches the fp32 weight;
@@ -163,9 +160,8 @@ class PlainLoop:
         self.taken = 0  # optimizer steps, the unit of trainer.max_steps
         self.batch_idx, self.epoch, self.state = 0, 0, None
         self.train_loader = cli.datamodule.train_dataloader()
-        self.train_loader.epoch_fn = lambda: (
-            self.epoch
-        )  # as the Trainer's current_epoch: each epoch its own order
+        # as the Trainer's current_epoch: each epoch its own order
+        self.train_loader.epoch_fn = lambda: self.epoch
         self.loader: Iterator[dict] = iter(self.train_loader)
 
     def close(self) -> None:
@@ -258,7 +254,7 @@ class Interleave(pl.Callback):
 
 
 def run_interleaved(pipe: PipelineCLI, plain: PipelineCLI, warmup: int, precision: str) -> dict:
-    """``run_pipeline`` and ``run_plain`` batch by batch in turns; their summaries and the paired ratio."""
+    """``run_pipeline`` and ``run_plain`` batch by batch in turns: each side's summary and first losses."""
     timer = StepTimer(warmup)
     turns = Interleave(PlainLoop(plain, precision), timer, warmup)
     pipe.trainer.callbacks.append(timer)
@@ -334,9 +330,10 @@ def compare(
     ]
     # interleaved, each round's ratio is a measurement on its own: their median; back to back, the two sides'
     # medians are taken apart, since a round's two runs met different minutes of the machine
-    ratio = statistics.median(paired) if interleave and paired else None
-    if ratio is None and speed["plain"]:
-        ratio = speed["pipeline"] / speed["plain"]
+    if interleave:
+        ratio = statistics.median(paired) if paired else None
+    else:
+        ratio = speed["pipeline"] / speed["plain"] if speed["plain"] else None
     return {
         "precision": precision,
         "threads": torch.get_num_threads(),

@@ -63,9 +63,8 @@ class SequenceTask(pl.LightningModule):
         self.ema_decay = ema_decay
         self.ema: WeightEMA | None = None  # made when fit starts
         self._step_params: list[torch.nn.Parameter] | None = None  # set when fit starts
-        self._direct_backward = (
-            False  # loss.backward() in place of manual_backward (direct_backward.py); fit sets
-        )
+        # loss.backward() in place of manual_backward where the two do the same (direct_backward.py); fit sets it
+        self._direct_backward = False
         self._ema_resume: tuple[dict, int] | None = None  # (average, updates) of the checkpoint a fit resumes
         self.automatic_optimization = False
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler

@@ -40,8 +40,7 @@ def direct_backward_ok(trainer: pl.Trainer, module: pl.LightningModule) -> bool:
         and type(plugin) in (Precision, MixedPrecision)
         and getattr(plugin, "scaler", None) is None
         and isinstance(trainer.profiler, PassThroughProfiler)
-        and _inherited(module, "backward", pl.LightningModule)
-        and all(_inherited(module, h, pl.LightningModule) for h in HOOKS)
+        and all(_inherited(module, h, pl.LightningModule) for h in ("backward", *HOOKS))
         and all(_inherited(cb, h, pl.Callback) for cb in trainer.callbacks for h in HOOKS)
     )
 
