@@ -22,14 +22,16 @@ def inputs(n: int = 300, o: int = 24, v: int = 500, seed: int = 0):
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize(
-    ("chunk_logits", "group_logits"),
-    [(500 * 7, 1), (500 * 7, 500 * 7 * 4), (1 << 20, 1 << 23)],
-)  # chunks of 7 rows (a ragged last one), each its own dW GEMM or 4 to a GEMM (a ragged last group); or one chunk
-def test_matches_linear_then_cross_entropy_in_fp32(smoothing, chunk_logits, group_logits):
+    ("chunk_logits", "group_logits", "row_multiple"),
+    [(500 * 7, 1, 1), (500 * 7, 500 * 7 * 4, 1), (1 << 20, 1 << 23, 1), (500 * 40, 500 * 40 * 3, 16)],
+)  # chunks of 7 rows (a ragged last one), each its own dW GEMM or 4 to a GEMM (a ragged last group); one chunk;
+# or 300 rows padded to 304, in chunks of 32 and groups of 96
+def test_matches_linear_then_cross_entropy_in_fp32(smoothing, chunk_logits, group_logits, row_multiple):
     h, w, b, y = inputs()
     want = F.cross_entropy(F.linear(h, w, b), y, ignore_index=0, label_smoothing=smoothing, reduction="sum")
     want_grads = torch.autograd.grad(want * 0.5, (h, w, b))
-    got = linear_cross_entropy(h, w, b, y, 0, smoothing, chunk_logits=chunk_logits, group_logits=group_logits)
+    sizes = {"chunk_logits": chunk_logits, "group_logits": group_logits, "row_multiple": row_multiple}
+    got = linear_cross_entropy(h, w, b, y, 0, smoothing, **sizes)
     got_grads = torch.autograd.grad(got * 0.5, (h, w, b))  # the incoming gradient scales the saved ones
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-3)
     for g, r in zip(got_grads, want_grads, strict=True):
@@ -70,3 +72,26 @@ def test_the_translation_model_loss_is_its_logits_cross_entropy():
     )
     got = model.summed_nll(src, src_lengths, tgt_in, tgt_out, label_smoothing=0.1)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_row_counts_of_any_batch_meet_few_gemm_shapes():
+    """oneDNN compiles a kernel per new bf16 GEMM shape (ms each): 64 batches of 64 different sizes (N = 100..163)
+    must share a handful of shapes, not bring three new ones each."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Shapes(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: set[tuple] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
+                self.seen.add(tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor)))
+            return func(*args, **(kwargs or {}))
+
+    shapes = Shapes()
+    with shapes:
+        for n in range(100, 164):
+            h, w, b, y = inputs(n=n)
+            linear_cross_entropy(h, w, b, y, 0, chunk_logits=500 * 40).backward()
+    assert len(shapes.seen) <= 12, sorted(shapes.seen)
