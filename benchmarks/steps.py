@@ -233,24 +233,41 @@ def run_plain(cli: PipelineCLI, steps: int, warmup: int, precision: str, n_losse
 
 
 class Interleave(pl.Callback):
-    """One plain-loop batch after each pipeline batch, in the same process.
+    """One plain-loop batch beside each pipeline batch, in the same process, first one side and then the other.
 
     A machine whose speed drifts (±10% from one minute to the next on a shared VM) slows both sides alike, since they
     alternate every few milliseconds; back-to-back runs of a minute each cannot resolve a 1% difference there.
 
-        pipeline batch k | plain batch k | pipeline batch k+1 | plain batch k+1 | ...
-        (StepTimer: wait, compute)  (its own row)  the plain batch's time is taken out of the pipeline's data wait
+        even k:  pipeline batch k | plain batch k          odd k:  plain batch k | pipeline batch k
+        (StepTimer: wait, compute)  (its own row)                   (its own row)  the pipeline's clock starts after it
+
+    The order alternates because both sides see the same batches, and the first to meet a tensor shape pays for it:
+    oneDNN builds (JIT-compiles) a bf16 matmul kernel for every new shape, ~1-40 ms each, and the second side finds
+    it in the primitive cache. Translation's batches bring tens of new shapes each (per-step batch sizes of the packed
+    encoder, the decoder's batch size, the output layer's last chunk): with the pipeline always first, its steps were
+    20% slower than the plain loop's on the same batches, and two plain loops in turns differed just as much.
     """
 
     def __init__(self, loop: PlainLoop, timer: StepTimer, warmup: int) -> None:
         self.loop, self.timer, self.warmup, self.rows = loop, timer, warmup, []
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def _plain_batch(self, batch_idx: int) -> None:
         row = self.loop.step()
         if row is not None and batch_idx >= self.warmup:
             self.rows.append(row)
-        # the pipeline's next data wait starts now: Lightning's own work between batches stays on its side
-        self.timer._end = time.perf_counter()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx % 2:
+            self._plain_batch(batch_idx)
+            # the timer (an earlier callback) re-seeded and started the pipeline's batch before this one ran
+            reseed(SEED_BASE + batch_idx)
+            self.timer._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx % 2 == 0:
+            self._plain_batch(batch_idx)
+            # the pipeline's next data wait starts now: Lightning's own work between batches stays on its side
+            self.timer._end = time.perf_counter()
 
 
 def run_interleaved(pipe: PipelineCLI, plain: PipelineCLI, warmup: int, precision: str) -> dict:
