@@ -17,9 +17,9 @@ For each task it writes, to ``benchmarks/results/roofline.{json,md}``:
   ``--interleave``, one process alternates a batch of each, so that a machine whose speed drifts from minute to
   minute (a shared VM) slows both alike. On a 2-core Xeon VM whose speed drifted ±10% (2026-12-03), two back-to-back
   measurements of one commit gave 0.923 and 0.969; interleaved, two of the next commit gave 0.950 and 0.946
-  (medians of three rounds each). Not yet for translation: interleaved, the pipeline side's own forward and backward
-  ran 20-27% slower than the plain side's (py-spy), 0.85-0.87 against 0.96-0.99 back to back on quieter days, with
-  or without the last change to the step; the cause is not found, so read that row from a back-to-back run.
+  (medians of three rounds each). The side that goes first in a pair alternates: both see the same batches, and the
+  first to meet a GEMM shape pays oneDNN's kernel build for it (translation meets tens of new shapes a batch); with
+  the pipeline always first, translation read 0.83-0.87, and two plain loops in turns differed as much.
 """
 
 from __future__ import annotations
