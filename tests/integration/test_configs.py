@@ -92,7 +92,7 @@ def test_config_trains_three_steps(config, cache, generated, tmp_path):
         "--trainer.limit_val_batches", "2", "--trainer.logger", "false", *extra, env=env, tmp_path=tmp_path,
     )  # fmt: skip
     start = [ln for ln in proc.stderr.splitlines() if "[pipeline] precision " in ln]
-    assert len(start) == 1 and "torch thread" in start[0], proc.stderr[-2000:]
+    assert len(start) == 1 and "torch thread" in start[0] and "malloc" in start[0], proc.stderr[-2000:]
     ckpt = torch.load(run_dir_of(proc) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 3
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
