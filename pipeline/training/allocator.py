@@ -11,7 +11,7 @@ memory in again, 4 KB at a time, and the kernel zeroes each page::
 Measured on a 2-core AMX Xeon (torch 2.13.0+cpu, 2026-12-03), 20 char-LM steps after 5 untimed ones: 74,912 minor
 page faults and 0.24 s of system time per step by default; about 1,700 faults and 0.02 s with the thresholds below;
 815 -> 733 ms and 1,010 -> 613 ms per step in two back-to-back pairs. The price is resident memory: freed blocks stay
-in the heap for the next step (that run's peak RSS: 778 -> 1,070 MB).
+in the heap for the next step (that run's peak RSS: 778 -> 1,070 MiB).
 
 PyTorch's CPU tuning guide reaches the same end by preloading jemalloc or tcmalloc. This needs no extra library:
 ``mallopt`` raises glibc's mmap and trim thresholds at run time (the ``MALLOC_MMAP_THRESHOLD_`` and
@@ -54,7 +54,9 @@ def keep_freed_memory(requested: str = "auto") -> str:
     preload = os.environ.get("LD_PRELOAD", "")
     if any(name in preload for name in ("jemalloc", "tcmalloc", "mimalloc")):
         return "malloc from LD_PRELOAD"
-    if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")):
+    if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")) or (
+        "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
+    ):
         return "malloc thresholds from the environment"
     libc = _glibc()
     if libc is None:

@@ -53,6 +53,9 @@ def test_an_allocator_the_user_chose_is_left_alone(monkeypatch):
     monkeypatch.delenv("LD_PRELOAD")
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
     assert allocator.keep_freed_memory("auto") == "malloc thresholds from the environment"
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=131072")
+    assert allocator.keep_freed_memory("auto") == "malloc thresholds from the environment"
 
 
 @pytest.mark.skipif(allocator._glibc() is None, reason="mallopt's thresholds are glibc's")
