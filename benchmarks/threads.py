@@ -4,7 +4,7 @@
 
 Each round runs auto, then 1..cores threads, then the same in reverse order (so that a machine whose speed drifts
 favours no setting), in one process; sentences/s are over the timed steps (data wait included). Writes
-``benchmarks/results/threads.{json,md}``. The acceptance bar: auto at 0.9x or more of the best fixed count.
+``benchmarks/results/threads.{json,md}`` (``--name`` for another). The acceptance bar: auto at 0.9x or more of the best fixed count.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--name", default="threads", help="Result file name under benchmarks/results/.")
     args = parser.parse_args(argv)
     os.environ.pop("OMP_NUM_THREADS", None)  # auto must see the machine, not an inherited setting
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         "auto_over_best_fixed": median["auto"] / median[best],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "threads.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     m = report["machine"]
     lines = [
         f"CPU: {m['cpu']}, {m['cores']} cores, capability {m['cpu_capability']}; load average after the run "
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"auto / best fixed ({best}): **{report['auto_over_best_fixed']:.3f}**",
     ]
-    (RESULTS / "threads.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
