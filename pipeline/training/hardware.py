@@ -81,9 +81,12 @@ def choose_precision(caps: Capabilities, cuda: bool) -> tuple[str, str]:
 
 
 def bf16_probe_error(device: str = "cpu") -> str | None:
-    """Run a tiny LSTM and GRU forward and backward under bf16 autocast; the error text if this device cannot."""
+    """Run a tiny LSTM and GRU forward and backward under bf16 autocast; the error text if this device cannot.
+
+    Gradients are switched on for the probe: a caller inside ``torch.no_grad()`` (an evaluation script building the
+    CLI) would otherwise make every CPU look unable to run bf16."""
     try:
-        with torch.autocast(device, dtype=torch.bfloat16):
+        with torch.enable_grad(), torch.autocast(device, dtype=torch.bfloat16):
             for cell in (torch.nn.LSTM, torch.nn.GRU):
                 rnn = cell(8, 8, batch_first=True).to(device)
                 out, _ = rnn(torch.randn(2, 3, 8, device=device))  # (B, T, H)
@@ -111,7 +114,8 @@ def resolve_precision(
         error = bf16_probe_error("cpu")
         if error:
             raise ValueError(
-                f"trainer.precision {precision}: this CPU ({caps.cpu_capability}, no AMX or AVX512-BF16) cannot run "
+                f"trainer.precision {precision}: this CPU ({caps.cpu_capability}, "
+                f"{caps.cpu_bf16() or 'no AMX or AVX512-BF16'}) cannot run "
                 f"bf16 RNNs ({error}); use --trainer.precision auto or 32-true."
             )
         if caps.cpu_bf16() is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from pipeline.training import hardware
 from pipeline.training.hardware import Capabilities
@@ -70,6 +71,20 @@ def test_probe_runs_here_when_the_cpu_reports_native_bf16():
         pytest.skip(f"this CPU ({caps.cpu_capability}) has no native bf16")
     assert hardware.bf16_probe_error("cpu") is None
     assert hardware.resolve_precision("auto", "cpu", caps)[0] == "bf16-mixed"
+
+
+def test_probe_answers_the_same_inside_no_grad():
+    # benchmarks/video.py builds the CLI for evaluation inside torch.no_grad(): the probe's backward then failed
+    # ("element 0 of tensors does not require grad") and an explicit bf16 was refused on a Zen 4 with AVX512-BF16
+    outside = hardware.bf16_probe_error("cpu"), hardware.resolve_precision("auto", "cpu")
+    with torch.no_grad():
+        assert (hardware.bf16_probe_error("cpu"), hardware.resolve_precision("auto", "cpu")) == outside
+
+
+def test_refusal_names_the_bf16_feature_the_cpu_has(monkeypatch):
+    monkeypatch.setattr(hardware, "bf16_probe_error", lambda device="cpu": "some oneDNN error")
+    with pytest.raises(ValueError, match=r"this CPU \(AVX512, AMX\) cannot run bf16 RNNs"):
+        hardware.resolve_precision("bf16-mixed", "cpu", AMX)
 
 
 @pytest.mark.parametrize(
