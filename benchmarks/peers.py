@@ -99,13 +99,14 @@ def run_ours(task: str, minutes: float, quick: bool, threads: str) -> dict:
         cmd = [PY, "benchmarks/translation.py", "--minutes", f"{minutes:g}", "--marks", f"{minutes:g}",
                "--runs_dir", str(runs), "--out", str(out), *(["--quick"] if quick else []), "--", *explicit]  # fmt: skip
         info = side(cmd, logs / "translation-ours.log")
-        report = json.loads((out / "translation.json").read_text())
+        report_path = out / ("translation.quick.json" if quick else "translation.json")
+        report = json.loads(report_path.read_text())
         mark = report["marks"][-1]
         return {**info, "figure": mark.get("test_bleu_beam5"), "threads": threads_used(runs / "fit.log"),
                 "throughput": f"{report['train_tokens_per_s']:,.0f} training tokens/s (source + target pieces)",
                 "detail": {k: mark.get(k) for k in ("checkpoint", "step", "train_time_s", "val_bleu_greedy",
                                                     "test_chrf2_beam5", "bleu_signature")},
-                "test_sentences": 200 if quick else 1000, "report": str(out / "translation.json")}  # fmt: skip
+                "test_sentences": 200 if quick else 1000, "report": str(report_path)}  # fmt: skip
     if task == "lm":
         cmd = [PY, "benchmarks/char_lm.py", "--minutes", f"{minutes:g}", "--marks", f"{minutes:g}",
                "--runs_dir", str(ENV / "runs"), "--out", str(out), *(["--quick"] if quick else []), *explicit]  # fmt: skip
