@@ -4,7 +4,8 @@
 
 Each round runs auto, then 1..cores threads, then the same in reverse order (so that a machine whose speed drifts
 favours no setting), in one process; sentences/s are over the timed steps (data wait included). Writes
-``benchmarks/results/threads.{json,md}`` (``--name`` for another). The acceptance bar: auto at 0.9x or more of the best fixed count.
+``benchmarks/results/threads.{json,md}`` (``--name`` for another machine's file). The acceptance bar: auto at 0.9x
+or more of the best fixed count.
 """
 
 from __future__ import annotations

@@ -231,9 +231,8 @@ def main() -> None:
     }  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = (
-        "translation.quick" if args.quick else "translation"
-    )  # a smoke check never replaces the benchmark's figures
+    # a smoke check never replaces the benchmark's figures
+    stem = "translation.quick" if args.quick else "translation"
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     (out / f"{stem}.md").write_text(markdown(report))
     print(markdown(report))
