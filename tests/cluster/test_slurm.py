@@ -18,6 +18,7 @@ from slurm_jobs import (
     CONFIG,
     DDP,
     PREEMPT_ARGS,
+    PREEMPT_STEPS,
     Uninterrupted,
     assert_same_weights,
     assert_sync_line_last,
@@ -78,7 +79,7 @@ def test_preempted_job_requeues_and_resumes_exactly(slurm, tmp_path, reference):
     assert len(stopped) == 1, text[-5000:]
     step, saved, requeued = int(stopped[0][0]), Path(stopped[0][1]), stopped[0][2]
     assert requeued == job.id and saved == job.run_dir / "checkpoints" / "last.ckpt"
-    assert 8 <= step < 40
+    assert 8 <= step < PREEMPT_STEPS, f"SIGTERM at step {step}: the run was not stopped mid-way"
     second = text.split("restart 1 on", 1)[1]
     assert f"resuming from {saved}" in second
     assert not list(job.run_dir.rglob("hpc_ckpt_*.ckpt"))  # Lightning's own in-handler requeue stayed off
@@ -89,14 +90,15 @@ def test_preempted_job_requeues_and_resumes_exactly(slurm, tmp_path, reference):
     run_id = (job.run_dir / "wandb_id").read_text().strip()
     assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs)
     first, then = logged_steps(runs[0]), logged_steps(runs[1])
-    assert then[0] == step and then[-1] == 39 and max(first) < step
+    assert then[0] == step and then[-1] == PREEMPT_STEPS - 1 and max(first) < step
     assert_sync_line_last(job)
 
     expected = reference.last()
     final = torch.load(saved, map_location="cpu", weights_only=True)
-    assert final["global_step"] == 40
+    assert final["global_step"] == PREEMPT_STEPS
     assert_same_weights(saved, expected)
-    assert_same_weights(job.run_dir / "checkpoints" / "step00040.ckpt", expected.parent / "step00040.ckpt")
+    name = f"step{PREEMPT_STEPS:05d}.ckpt"
+    assert_same_weights(job.run_dir / "checkpoints" / name, expected.parent / name)
 
 
 def test_priority_preemption_requeues_and_resumes_from_the_sigterm_save(slurm, tmp_path, reference):

@@ -19,6 +19,7 @@ from slurm_cluster import SlurmCluster
 from slurm_jobs import (
     DDP,
     PREEMPT_ARGS,
+    PREEMPT_STEPS,
     Uninterrupted,
     assert_same_weights,
     check_cancel_stays_cancelled,
@@ -117,7 +118,7 @@ def test_two_node_job_preempted_by_sigusr1_resumes_to_the_uninterrupted_weights(
     stopped = re.findall(r"preempted at step (\d+): saved (\S+); requeued SLURM job (\d+)", text)
     assert len(stopped) == 1, text[-5000:]
     step, saved = int(stopped[0][0]), Path(stopped[0][1])
-    assert 8 <= step < 40 and stopped[0][2] == job.id
+    assert 8 <= step < PREEMPT_STEPS and stopped[0][2] == job.id, f"stopped at step {step}"
     first_part, second = text.split("restart 1 on", 1)
     assert f"resuming from {saved}" in second
     back = re.findall(RANK_LINE, second)  # the whole job came back, on both nodes
@@ -130,8 +131,8 @@ def test_two_node_job_preempted_by_sigusr1_resumes_to_the_uninterrupted_weights(
     run_id = (job.run_dir / "wandb_id").read_text().strip()
     assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs)
     first, then = logged_steps(runs[0]), logged_steps(runs[1])
-    assert then[0] == step and then[-1] == 39 and max(first) < step  # the step count goes on
-    assert torch.load(saved, map_location="cpu", weights_only=True)["global_step"] == 40
+    assert then[0] == step and then[-1] == PREEMPT_STEPS - 1 and max(first) < step  # the step count goes on
+    assert torch.load(saved, map_location="cpu", weights_only=True)["global_step"] == PREEMPT_STEPS
     assert_same_weights(saved, reference.last())
 
 
