@@ -26,6 +26,8 @@ class SentimentTask(SequenceTask):
             for Semi-Supervised Text Classification"): each batch is also trained on its embeddings moved by this
             L2 length per sentence in the direction that raises its loss most (the normalized gradient), and the two
             losses' gradients are added. A regularizer; each step costs about twice as much. null: off.
+        label_smoothing: Share of the target probability spread evenly over the classes in training (Szegedy et
+            al., 2016); SST-2's phrase labels are binarized from five grades, so some are close calls. 0: off.
     """
 
     def __init__(
@@ -37,14 +39,19 @@ class SentimentTask(SequenceTask):
         max_nonfinite_steps: int = 10,
         ema_decay: float | None = None,
         adversarial_eps: float | None = None,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__(optimizer, scheduler, clip_norm, max_nonfinite_steps, ema_decay)
         if adversarial_eps is not None and adversarial_eps <= 0:
             raise ValueError(
                 f"model.adversarial_eps is {adversarial_eps}; set it above 0 (e.g. 1.0), or null."
             )
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(
+                f"model.label_smoothing is {label_smoothing}; set it in [0, 1), e.g. 0.1, or 0 for none."
+            )
         self.network = network
-        self.adversarial_eps = adversarial_eps
+        self.adversarial_eps, self.label_smoothing = adversarial_eps, label_smoothing
         num_classes = network.head.out_features
         self.train_accuracy_names = ("train/acc",)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -56,7 +63,7 @@ class SentimentTask(SequenceTask):
         tokens, lengths, labels = batch["tokens"], batch["lengths"], batch["labels"]
         if self.adversarial_eps is None:
             logits = self(tokens, lengths)  # (B, C)
-            loss = F.cross_entropy(logits, labels) * batch["weight"]
+            loss = self.loss(logits, labels) * batch["weight"]
             self.optimizer_step_on(loss)
         else:
             # two forward-backward passes, one optimizer step: the clean batch's gradients, then the adversarial
@@ -65,15 +72,19 @@ class SentimentTask(SequenceTask):
             embedded = self.network.embed(tokens)  # (B, T, E)
             embedded.retain_grad()
             logits = self.network.classify(embedded, tokens, lengths)
-            loss = F.cross_entropy(logits, labels) * batch["weight"]
+            loss = self.loss(logits, labels) * batch["weight"]
             self.backward_pass(loss)
             shifted = self.network.embed(tokens) + self.adversarial_shift(embedded.grad, lengths)
-            adversarial = F.cross_entropy(self.network.classify(shifted, tokens, lengths), labels)
+            adversarial = self.loss(self.network.classify(shifted, tokens, lengths), labels)
             self.optimizer_step_on(adversarial * batch["weight"], accumulate=True)
         if batch["weight"]:
             self.log_train_accuracy("train/acc", logits, labels)
         self.log_train_loss(loss, len(labels))  # the clean loss: comparable with and without adversarial_eps
         return loss.detach()
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The training loss: mean cross-entropy of logits (B, C) against labels (B,), label-smoothed if asked."""
+        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
 
     def adversarial_shift(self, grad: torch.Tensor | None, lengths: torch.Tensor) -> torch.Tensor:
         """The first-order worst-case move of the embeddings: ``grad`` (B, T, E) of the loss with respect to them,

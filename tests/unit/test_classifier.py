@@ -107,3 +107,19 @@ def test_adversarial_shift_has_length_eps_per_sentence_raises_the_loss_and_leave
     assert moved > clean and moved - clean > 3 * abs(randomly - clean)
     with pytest.raises(ValueError, match="adversarial_eps is -1.0; set it above 0"):
         SentimentTask(net, adversarial_eps=-1.0)
+
+
+def test_label_smoothing_spreads_the_target_and_rejects_a_bad_share():
+    from pipeline.tasks.sentiment import SentimentTask
+
+    net = SequenceClassifier(vocab_size=50, embedding_dim=8, hidden_size=6)
+    logits, labels = torch.tensor([[3.0, -1.0], [0.5, 0.2]]), torch.tensor([0, 1])
+    logp = logits.log_softmax(-1)
+    target = torch.tensor([[0.95, 0.05], [0.05, 0.95]])  # 0.1 spread over the two classes
+    torch.testing.assert_close(
+        SentimentTask(net, label_smoothing=0.1).loss(logits, labels), -(target * logp).sum(1).mean()
+    )
+    hard = SentimentTask(net).loss(logits, labels)
+    torch.testing.assert_close(hard, torch.nn.functional.cross_entropy(logits, labels))
+    with pytest.raises(ValueError, match="model.label_smoothing is 1.5; set it in"):
+        SentimentTask(net, label_smoothing=1.5)
