@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget of training")
     parser.add_argument("--threads", type=int, required=True, help="torch threads")
     parser.add_argument("--eval_every", type=int, default=200, help="steps between dev evaluations")
+    parser.add_argument("--seed", type=int, default=0, help="torch seed: initial weights and batch order")
     parser.add_argument("--out", required=True, help="JSON file to write")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -45,7 +46,7 @@ def main() -> None:
     train = read_split("train")
     vocab = build_vocab(train)
     batches, dev = make_batches(train, vocab), make_batches(read_split("dev"), vocab)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     model = Reference(len(vocab) + 1)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     start = time.perf_counter()
@@ -81,6 +82,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "budget_minutes": args.minutes,
+        "seed": args.seed,
         "setup_s": round(setup_s, 1),
         "best_dev_accuracy": best["dev_acc"],
         "best_at": best,
